@@ -1,0 +1,328 @@
+"""Model configuration: frozen dataclasses for the BLT model, its entropy model and its patcher.
+
+Every field of the official ``params.json`` that changes behaviour has a field here (spec §20.10);
+``bltjax.convert`` maps release / Hugging Face configs onto these classes and refuses fields it
+cannot honour.  Semantic differences between the official code and the Hugging Face port are flags,
+not code forks (``local_doc_mask``, ``entropy_chunk_len``, ``patches_sum_to_n``...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Literal, Optional
+
+PatchingMode = Literal["entropy", "space", "static", "byte", "bpe"]
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: Optional[float]) -> int:
+    """SwiGLU hidden size rule (spec §5.4): int(2*4d/3), optional multiplier, round up."""
+    hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PatcherConfig:
+    """How byte sequences are cut into patches (spec §3)."""
+
+    mode: PatchingMode = "entropy"
+    # Entropy modes.  threshold=None with mode="entropy" selects the fixed-patch-count variant.
+    threshold: Optional[float] = 1.335442066192627
+    threshold_add: Optional[float] = None  # global + monotonic when set (and monotonicity False)
+    monotonicity: bool = False  # relative ("monotonic") mode, takes precedence over threshold_add
+    patch_size: float = 4.5  # static patch size, and target size of the fixed-count entropy mode
+    max_patch_length: Optional[int] = None
+    # Static shapes: patches per row are padded to this maximum (None: derived from sequence length).
+    max_patches: Optional[int] = None
+    # Entropy model context: the official realtime path runs the entropy model on 8192-byte chunks
+    # of the flattened batch (rows leak into each other).  None = per row, whole sequence (the fix).
+    entropy_chunk_len: Optional[int] = None
+    entropy_flatten_rows: bool = False  # reproduce official cross-row context leakage (issue #123)
+    entropy_dtype: str = "float32"  # official realtime loader forces bfloat16
+    reset_context_at_newline: bool = False  # paper §4.4 option
+
+    def validate(self) -> "PatcherConfig":
+        _check(self.mode in ("entropy", "space", "static", "byte", "bpe"),
+               f"unknown patching mode {self.mode!r}")
+        _check(self.max_patch_length is None or self.max_patch_length >= 1,
+               "max_patch_length must be >= 1")
+        _check(self.patch_size > 0, "patch_size must be > 0")
+        if self.mode == "static":
+            _check(float(self.patch_size).is_integer(), "static patching needs an integer patch_size")
+        _check(self.max_patches is None or self.max_patches >= 2, "max_patches must be >= 2")
+        return self
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerConfig:
+    """A plain pre-norm Llama-style byte transformer: the entropy model (spec §2)."""
+
+    dim: int = 768
+    n_layers: int = 14
+    n_heads: int = 12
+    n_kv_heads: Optional[int] = None
+    head_dim: Optional[int] = None
+    vocab_size: int = 260
+    multiple_of: int = 256
+    ffn_dim_multiplier: Optional[float] = 1.0
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_seqlen: int = 8192
+    sliding_window: Optional[int] = 512  # None: plain causal
+    doc_mask: bool = True  # split attention at EOS (official xformers path); HF port: False
+    eos_id: int = 2
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def hdim(self) -> int:
+        return self.head_dim or self.dim // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        return ffn_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
+
+    def validate(self) -> "TransformerConfig":
+        _check(self.dim % self.n_heads == 0 or self.head_dim is not None,
+               f"dim {self.dim} not divisible by n_heads {self.n_heads}")
+        _check(self.n_heads % self.kv_heads == 0, "n_heads must be a multiple of n_kv_heads")
+        _check(self.hdim % 2 == 0, "head_dim must be even for RoPE")
+        return self
+
+    def num_params(self) -> int:
+        d, f, hd = self.dim, self.ffn_dim, self.hdim
+        attn = d * self.n_heads * hd * 2 + d * self.kv_heads * hd * 2
+        layer = attn + 3 * d * f + 2 * d
+        return self.n_layers * layer + 2 * self.vocab_size * d + d
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BLTConfig:
+    """The Byte Latent Transformer (spec §4-§10).  Defaults = the released blt-1b."""
+
+    vocab_size: int = 260
+    eos_id: int = 2
+    # Local encoder / decoder (byte level)
+    dim_local_encoder: int = 1024
+    dim_local_decoder: int = 1024
+    n_layers_local_encoder: int = 1
+    n_layers_local_decoder: int = 9
+    n_heads_local_encoder: int = 16
+    n_heads_local_decoder: int = 16
+    n_kv_heads: Optional[int] = None  # shared by the local models
+    local_attention_window_len: Optional[int] = 512
+    max_encoder_seq_length: int = 24576  # RoPE table / byte cap per row
+    local_doc_mask: bool = True  # split local attention at EOS (official); HF port: False
+    # Global (latent) transformer
+    dim_global: int = 2048
+    n_layers_global: int = 25
+    n_heads_global: int = 16
+    n_kv_heads_global: Optional[int] = None
+    global_attn: Literal["causal", "block_causal"] = "causal"
+    max_seqlen: int = 4096  # patches per row (RoPE table)
+    # Shared block hyper-parameters
+    multiple_of: int = 256
+    ffn_dim_multiplier: Optional[float] = 1.0
+    norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    # Cross attention
+    cross_attn_encoder: bool = True
+    cross_attn_decoder: bool = True
+    cross_attn_k: int = 2
+    cross_attn_nheads: int = 16
+    cross_attn_all_layers_encoder: bool = False
+    cross_attn_all_layers_decoder: bool = True
+    cross_attn_window_encoder: Optional[int] = None
+    cross_attn_window_decoder: Optional[int] = None
+    cross_attn_init_by_pooling: bool = True
+    downsampling_by_pooling: Literal["max", "avg", "min"] = "max"
+    # Hash n-gram embeddings
+    encoder_hash_byte_group_size: tuple[int, ...] = (3, 4, 5, 6, 7, 8)
+    encoder_hash_byte_group_vocab: int = 500002
+    encoder_hash_byte_group_nb_functions: int = 1
+    # Patching and the entropy model that drives it (None: no entropy model)
+    patcher: PatcherConfig = dataclasses.field(default_factory=PatcherConfig)
+    entropy_model: Optional[TransformerConfig] = None
+    # Compute
+    dtype: str = "float32"  # activation / matmul dtype ("bfloat16" for speed)
+    param_dtype: str = "float32"
+    attention_impl: Literal["auto", "xla", "cudnn"] = "auto"
+    remat: Literal["none", "full", "dots"] = "none"
+    scan_layers: bool = True
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def n_hash_tables(self) -> int:
+        return len(self.encoder_hash_byte_group_size) * self.encoder_hash_byte_group_nb_functions
+
+    @property
+    def patch_dim(self) -> int:
+        """Width of a patch vector entering the global model (k * d_E)."""
+        return self.cross_attn_k * self.dim_local_encoder
+
+    @property
+    def global_input_projection(self) -> bool:
+        return self.patch_dim != self.dim_global
+
+    def local_ffn_dim(self, dim: int) -> int:
+        return ffn_hidden_dim(dim, self.multiple_of, self.ffn_dim_multiplier)
+
+    @property
+    def n_cross_encoder(self) -> int:
+        if not self.cross_attn_encoder:
+            return 0
+        return self.n_layers_local_encoder if self.cross_attn_all_layers_encoder else 1
+
+    @property
+    def n_cross_decoder(self) -> int:
+        if not self.cross_attn_decoder:
+            return 0
+        return self.n_layers_local_decoder if self.cross_attn_all_layers_decoder else 1
+
+    def validate(self) -> "BLTConfig":
+        _check(self.dim_local_encoder == self.dim_local_decoder,
+               "dim_local_decoder must equal dim_local_encoder (the decoder reads encoder states)")
+        for name, d, h in (("local_encoder", self.dim_local_encoder, self.n_heads_local_encoder),
+                           ("local_decoder", self.dim_local_decoder, self.n_heads_local_decoder),
+                           ("global", self.dim_global, self.n_heads_global)):
+            _check(d % h == 0, f"dim_{name} ({d}) must be divisible by its head count ({h})")
+            _check((d // h) % 2 == 0, f"{name} head_dim must be even for RoPE")
+        kv = self.n_kv_heads or self.n_heads_local_encoder
+        _check(self.n_heads_local_encoder % kv == 0 and self.n_heads_local_decoder % kv == 0,
+               "local head counts must be multiples of n_kv_heads")
+        kvg = self.n_kv_heads_global or self.n_heads_global
+        _check(self.n_heads_global % kvg == 0, "n_heads_global must be a multiple of n_kv_heads_global")
+        _check(self.cross_attn_encoder and self.cross_attn_decoder,
+               "bltjax implements BLT with cross-attention in encoder and decoder "
+               "(cross_attn_encoder/decoder=False is the legacy MegaByte path)")
+        _check(self.cross_attn_init_by_pooling,
+               "cross_attn_init_by_pooling=False is not supported (no released model uses it)")
+        _check(self.dim_local_encoder % self.cross_attn_nheads == 0,
+               "dim_local_encoder must be divisible by cross_attn_nheads")
+        _check(self.downsampling_by_pooling in ("max", "avg", "min"),
+               f"unsupported downsampling_by_pooling {self.downsampling_by_pooling!r}")
+        _check(self.global_attn in ("causal", "block_causal"), f"bad global_attn {self.global_attn!r}")
+        _check(self.cross_attn_k >= 1, "cross_attn_k must be >= 1")
+        _check(all(n >= 1 for n in self.encoder_hash_byte_group_size), "hash n-gram sizes must be >= 1")
+        _check(self.dtype in ("float32", "bfloat16", "float16"), f"bad dtype {self.dtype!r}")
+        _check(self.param_dtype in ("float32", "bfloat16"), f"bad param_dtype {self.param_dtype!r}")
+        self.patcher.validate()
+        if self.entropy_model is not None:
+            self.entropy_model.validate()
+        return self
+
+    # ------------------------------------------------------------------ accounting
+    def num_params(self, include_hash: bool = True) -> dict[str, int]:
+        """Parameter counts per component (embedding tables included unless stated)."""
+
+        def block(d: int, heads: int, kv: int) -> int:
+            hd = d // heads
+            return 2 * d * heads * hd + 2 * d * kv * hd + 3 * d * self.local_ffn_dim(d) + 2 * d
+
+        dE, dD, dG, k = self.dim_local_encoder, self.dim_local_decoder, self.dim_global, self.cross_attn_k
+        kv_l = self.n_kv_heads or self.n_heads_local_encoder
+        kv_l_dec = self.n_kv_heads or self.n_heads_local_decoder
+        cross_e = self.n_cross_encoder * (4 * dE * dE + 2 * dE)
+        cross_d = self.n_cross_decoder * (4 * dD * dD + 2 * dD)
+        enc = self.n_layers_local_encoder * block(dE, self.n_heads_local_encoder, kv_l) + cross_e
+        enc += dE * k * dE  # patch_embedding_projection
+        dec = self.n_layers_local_decoder * block(dD, self.n_heads_local_decoder, kv_l_dec) + cross_d
+        dec += dG * k * dD + dD  # patch projection + final norm
+        glob = self.n_layers_global * block(dG, self.n_heads_global, self.n_kv_heads_global or self.n_heads_global)
+        if self.global_input_projection:
+            glob += self.patch_dim * dG
+        emb = self.vocab_size * dE
+        head = self.vocab_size * dD
+        hashes = self.n_hash_tables * self.encoder_hash_byte_group_vocab * dE if include_hash else 0
+        out = dict(local_encoder=enc, global_transformer=glob, local_decoder=dec,
+                   byte_embedding=emb, output_head=head, hash_embeddings=hashes)
+        out["total"] = sum(out.values())
+        return out
+
+    def flops_per_byte(self, bytes_per_patch: float, seq_len_bytes: int, training: bool = True) -> float:
+        """Paper-style FLOPs per byte (spec §11): embedding lookups are free, backward = 2x forward.
+
+        Forward per byte = 2 * (local encoder + local decoder + output head matmul params)
+        + 2 * (global params + encoder cross-attention + patch projections) / bytes_per_patch
+        + attention score terms (local: window-limited, global: per patch, cross: per slot).
+        """
+        p = self.num_params(include_hash=False)
+        dE, dD, dG, k = self.dim_local_encoder, self.dim_local_decoder, self.dim_global, self.cross_attn_k
+        ps = float(bytes_per_patch)
+        win = min(self.local_attention_window_len or seq_len_bytes, seq_len_bytes)
+        local_ctx = win / 2 if win < seq_len_bytes else seq_len_bytes / 2  # mean causal context
+        patches = seq_len_bytes / ps
+        # byte-rate matmuls: local blocks, decoder cross-attention (q/o per byte; k/v per patch slot)
+        enc_blocks = p["local_encoder"] - self.n_cross_encoder * (4 * dE * dE + 2 * dE) - dE * k * dE
+        dec_cross = self.n_cross_decoder * (4 * dD * dD)
+        dec_blocks = p["local_decoder"] - self.n_cross_decoder * (4 * dD * dD + 2 * dD) - dG * k * dD - dD
+        per_byte = enc_blocks + dec_blocks + p["output_head"] + dec_cross / 2
+        per_byte_attn = (self.n_layers_local_encoder * dE + self.n_layers_local_decoder * dD) * 2 * local_ctx
+        # patch-rate matmuls: global blocks, projections, encoder cross-attn q/o per slot
+        per_patch = (p["global_transformer"] + dE * k * dE + dG * k * dD
+                     + self.n_cross_encoder * k * 2 * dE * dE + dec_cross * k / 2)
+        per_patch_attn = self.n_layers_global * dG * 2 * (patches / 2)
+        # cross attention scores: each byte sees k slots (decoder) / each slot sees ~ps bytes (encoder)
+        cross_attn = self.n_cross_decoder * dD * 2 * k + self.n_cross_encoder * dE * 2 * k
+        fwd = 2 * (per_byte + per_patch / ps) + 2 * (per_byte_attn + per_patch_attn / ps + cross_attn)
+        return fwd * (3.0 if training else 1.0)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BLTConfig":
+        d = dict(d)
+        d["patcher"] = PatcherConfig(**d.get("patcher", {}))
+        if d.get("entropy_model") is not None:
+            d["entropy_model"] = TransformerConfig(**d["entropy_model"])
+        if "encoder_hash_byte_group_size" in d:
+            d["encoder_hash_byte_group_size"] = tuple(d["encoder_hash_byte_group_size"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        _check(not unknown, f"unknown BLTConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+def tiny_blt_config(**overrides: Any) -> BLTConfig:
+    """A small configuration for tests and CPU runs."""
+    base = dict(
+        dim_local_encoder=32, dim_local_decoder=32, n_layers_local_encoder=1, n_layers_local_decoder=2,
+        n_heads_local_encoder=2, n_heads_local_decoder=2, dim_global=64, n_layers_global=2,
+        n_heads_global=2, cross_attn_k=2, cross_attn_nheads=2, multiple_of=32,
+        encoder_hash_byte_group_vocab=97, local_attention_window_len=16, max_encoder_seq_length=256,
+        max_seqlen=128, patcher=PatcherConfig(mode="static", patch_size=4, threshold=None),
+    )
+    base.update(overrides)
+    return BLTConfig(**base).validate()
+
+
+def spec19_blt_config(**overrides: Any) -> BLTConfig:
+    """The 27.6M-parameter CPU benchmark model of spec §19."""
+    base = dict(
+        dim_local_encoder=128, dim_local_decoder=128, n_layers_local_encoder=1, n_layers_local_decoder=2,
+        n_heads_local_encoder=2, n_heads_local_decoder=2, dim_global=256, n_layers_global=4,
+        n_heads_global=4, cross_attn_k=2, cross_attn_nheads=2, multiple_of=256,
+        encoder_hash_byte_group_vocab=30000, local_attention_window_len=512,
+        max_encoder_seq_length=1024, max_seqlen=512,
+        patcher=PatcherConfig(mode="static", patch_size=4, threshold=None),
+    )
+    base.update(overrides)
+    return BLTConfig(**base).validate()
+
+
+__all__ = ["PatcherConfig", "TransformerConfig", "BLTConfig", "ffn_hidden_dim", "tiny_blt_config",
+           "spec19_blt_config"]
