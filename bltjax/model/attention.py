@@ -1,0 +1,193 @@
+"""Attention: the single dispatch point for every attention in BLT, plus its mask builders.
+
+Self-attention (local byte models, entropy model, global model):
+    ``self_attention(q, k, v, doc_bt=..., window=..., impl=...)``
+    * ``xla``: exact masked softmax.  With a sliding window and a long sequence it runs
+      *block-local*: queries in blocks of ``window`` attend to their own and the previous block only,
+      so the cost is O(T*2W) instead of O(T^2).
+    * ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")`` (GPU, bf16/fp16).
+    * ``auto``: cudnn on GPU with a 16-bit compute dtype, otherwise xla.  (TPU splash slots in here.)
+
+Cross-attention (spec §6, §8, §9):
+    * encoder, patches query bytes: each byte belongs to exactly one patch, so the exact-patch mask is
+      a *segment softmax* over the bytes of each patch — O(N*k*d) with gathers and segment sums, no
+      [P*k, N] score matrix.
+    * decoder, bytes query patches: byte i attends only to the k slots of patch dpid(i) — a gather and
+      a softmax over k, O(N*k*d).
+    * windowed variants (``cross_attn_window_*`` set) use the dense masked path.
+A query row with no allowed key returns 0 (flex-attention semantics, spec §20.6), never NaN.
+Layouts: q ``[B, T, N, H]`` (N query heads), k/v ``[B, S, K, H]`` (K kv heads, GQA when K < N; kv head
+g serves query heads g*r .. g*r+r-1).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+_NEG = -1e30
+
+
+# ------------------------------------------------------------------------------------------ masks
+def local_mask(doc_q_bt: Optional[jax.Array], doc_k_bs: Optional[jax.Array], pos_q_t: jax.Array,
+               pos_k_s: jax.Array, window: Optional[int]) -> jax.Array:
+    """allowed(i, j) = doc(i)==doc(j) and j <= i and i - j < W  ->  bool [B or 1, T, S]."""
+    diff_ts = pos_q_t[:, None] - pos_k_s[None, :]
+    allowed = diff_ts >= 0
+    if window is not None:
+        allowed = allowed & (diff_ts < window)
+    allowed = allowed[None]
+    if doc_q_bt is not None:
+        allowed = allowed & (doc_q_bt[:, :, None] == doc_k_bs[:, None, :])
+    return allowed
+
+
+def doc_ids_from_tokens(tokens_bt: jax.Array, eos_id: int, extra_boundary_id: Optional[int] = None) -> jax.Array:
+    """Document index per position: number of EOS strictly before i (the EOS closes its document)."""
+    is_end = tokens_bt == eos_id
+    if extra_boundary_id is not None:
+        is_end = is_end | (tokens_bt == extra_boundary_id)
+    ends = is_end.astype(jnp.int32)
+    return jnp.cumsum(ends, axis=1) - ends
+
+
+def encoder_cross_mask(pid_bn: jax.Array, n_patches: int, k: int, window: Optional[int]) -> jax.Array:
+    """Patches (query slot p*k+r) attend bytes: pid(i) == p, or pid(i) <= p < pid(i)+w.  [B, P*k, N]."""
+    p_q = jnp.repeat(jnp.arange(n_patches), k)[None, :, None]
+    pid = pid_bn[:, None, :]
+    if window is None:
+        return p_q == pid
+    return (pid <= p_q) & (p_q < pid + window)
+
+
+def decoder_cross_mask(dpid_bn: jax.Array, n_patches: int, k: int, window: Optional[int]) -> jax.Array:
+    """Bytes attend patch slots p*k+r: dpid(i) == p, or p <= dpid(i) < p+w.  [B, N, P*k]."""
+    p_k = jnp.repeat(jnp.arange(n_patches), k)[None, None, :]
+    dpid = dpid_bn[:, :, None]
+    if window is None:
+        return p_k == dpid
+    return (p_k <= dpid) & (dpid < p_k + window)
+
+
+# ------------------------------------------------------------------------------------------ kernels
+def dense_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
+                    mask_bts: Optional[jax.Array]) -> jax.Array:
+    """Reference masked softmax attention (fp32 scores), GQA by head grouping."""
+    b, t, n, h = q_btnh.shape
+    kv = k_bskh.shape[2]
+    q = q_btnh.reshape(b, t, kv, n // kv, h)
+    s = jnp.einsum("btgrh,bsgh->bgrts", q, k_bskh, preferred_element_type=jnp.float32) * (h ** -0.5)
+    if mask_bts is not None:
+        m = mask_bts[:, None, None]
+        s = jnp.where(m, s, _NEG)
+    p = jax.nn.softmax(s, axis=-1)
+    if mask_bts is not None:
+        p = jnp.where(jnp.any(m, axis=-1, keepdims=True), p, 0.0)
+    out = jnp.einsum("bgrts,bsgh->btgrh", p.astype(v_bskh.dtype), v_bskh)
+    return out.reshape(b, t, n, h)
+
+
+def _block_local_attention(q_btnh, k_btkh, v_btkh, doc_bt, window: int) -> jax.Array:
+    """Sliding-window causal attention in blocks of ``window``: each block sees itself + previous."""
+    b, t, n, h = q_btnh.shape
+    w = window
+    nb = -(-t // w)
+    pad = nb * w - t
+
+    def blocks(x):
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return x.reshape(b, nb, w, *x.shape[2:])
+
+    q_b = blocks(q_btnh)
+    k_b, v_b = blocks(k_btkh), blocks(v_btkh)
+    # keys of block j = [block j-1, block j]
+    def with_prev(x):
+        prev = jnp.pad(x, [(0, 0), (1, 0)] + [(0, 0)] * (x.ndim - 2))[:, :-1]
+        return jnp.concatenate([prev, x], axis=2)
+
+    k2, v2 = with_prev(k_b), with_prev(v_b)
+    pos = jnp.arange(nb * w).reshape(nb, w)
+    pos_q = pos  # [nb, w]
+    pos_k = jnp.concatenate([pos - w, pos], axis=1)  # [nb, 2w]
+    diff = pos_q[:, :, None] - pos_k[:, None, :]
+    allowed = (diff >= 0) & (diff < w) & (pos_k[:, None, :] >= 0)
+    allowed = jnp.broadcast_to(allowed[None], (b, nb, w, 2 * w))
+    if doc_bt is not None:
+        d = jnp.pad(doc_bt, [(0, 0), (0, pad)], constant_values=-1).reshape(b, nb, w)
+        d_prev = jnp.pad(d, [(0, 0), (1, 0), (0, 0)], constant_values=-2)[:, :-1]
+        d_k = jnp.concatenate([d_prev, d], axis=2)
+        allowed = allowed & (d[:, :, :, None] == d_k[:, :, None, :])
+    flat = lambda x: x.reshape(b * nb, *x.shape[2:])
+    out = dense_attention(flat(q_b), flat(k2), flat(v2), flat(allowed))
+    return out.reshape(b, nb * w, n, h)[:, :t]
+
+
+def _use_cudnn(impl: str, dtype) -> bool:
+    if impl == "cudnn":
+        return True
+    if impl == "auto":
+        return jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+    return False
+
+
+def self_attention(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, *,
+                   doc_bt: Optional[jax.Array] = None, window: Optional[int] = None,
+                   impl: str = "auto") -> jax.Array:
+    """Causal self-attention with optional document split (doc ids) and sliding window."""
+    t = q_btnh.shape[1]
+    if _use_cudnn(impl, q_btnh.dtype):
+        mask = None
+        if doc_bt is not None:
+            mask = (doc_bt[:, :, None] == doc_bt[:, None, :])[:, None]
+        local = None if window is None or window >= t else (window - 1, 0)
+        return jax.nn.dot_product_attention(q_btnh, k_btkh, v_btkh, mask=mask, is_causal=True,
+                                            local_window_size=local, implementation="cudnn")
+    if window is not None and t > 2 * window:
+        return _block_local_attention(q_btnh, k_btkh, v_btkh, doc_bt, window)
+    pos = jnp.arange(t)
+    mask = local_mask(doc_bt, doc_bt, pos, pos, window)
+    if mask.shape[0] != q_btnh.shape[0]:
+        mask = jnp.broadcast_to(mask, (q_btnh.shape[0],) + mask.shape[1:])
+    return dense_attention(q_btnh, k_btkh, v_btkh, mask)
+
+
+def patch_query_attention(q_bqnh: jax.Array, k_bnkh: jax.Array, v_bnkh: jax.Array, pid_bn: jax.Array,
+                          n_patches: int, k: int) -> jax.Array:
+    """Encoder cross-attention, exact-patch mask, as a segment softmax.
+
+    q: [B, P*k, H, hd] patch query slots; k/v: [B, N, H, hd] bytes; pid: [B, N] patch of each byte.
+    Slot p*k+r attends to exactly the bytes with pid == p.  Empty patches give 0.
+    """
+    b, q_len, nh, hd = q_bqnh.shape
+    n = k_bnkh.shape[1]
+    q_bpkh = q_bqnh.reshape(b, n_patches, k, nh, hd)
+    q_at_byte = jnp.take_along_axis(q_bpkh, pid_bn[:, :, None, None, None], axis=1)  # [B, N, k, H, hd]
+    s_bnkh = jnp.einsum("bnrhd,bnhd->bnrh", q_at_byte, k_bnkh,
+                        preferred_element_type=jnp.float32) * (hd ** -0.5)
+    seg = (pid_bn + jnp.arange(b)[:, None] * n_patches).reshape(-1)
+    flat_s = s_bnkh.reshape(b * n, k, nh)
+    seg_max = jax.ops.segment_max(flat_s, seg, num_segments=b * n_patches)
+    seg_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(seg_max), seg_max, 0.0))
+    e = jnp.exp(flat_s - seg_max[seg])
+    denom = jax.ops.segment_sum(e, seg, num_segments=b * n_patches)  # [B*P, k, H]
+    v_flat = v_bnkh.reshape(b * n, nh, hd)
+    num = jax.ops.segment_sum(e[..., None] * v_flat[:, None].astype(jnp.float32), seg,
+                              num_segments=b * n_patches)  # [B*P, k, H, hd]
+    out = num / jnp.where(denom > 0, denom, 1.0)[..., None]
+    return out.reshape(b, q_len, nh, hd).astype(q_bqnh.dtype)
+
+
+def byte_query_attention(q_bnhd: jax.Array, k_bqhd: jax.Array, v_bqhd: jax.Array, dpid_bn: jax.Array,
+                         n_patches: int, k: int) -> jax.Array:
+    """Decoder cross-attention, exact-patch mask: byte i attends the k slots of patch dpid(i)."""
+    b, n, nh, hd = q_bnhd.shape
+    k_bpkhd = k_bqhd.reshape(b, n_patches, k, nh, hd)
+    v_bpkhd = v_bqhd.reshape(b, n_patches, k, nh, hd)
+    idx = dpid_bn[:, :, None, None, None]
+    k_g = jnp.take_along_axis(k_bpkhd, idx, axis=1)  # [B, N, k, H, hd]
+    v_g = jnp.take_along_axis(v_bpkhd, idx, axis=1)
+    s = jnp.einsum("bnhd,bnrhd->bnhr", q_bnhd, k_g, preferred_element_type=jnp.float32) * (hd ** -0.5)
+    p = jax.nn.softmax(s, axis=-1)
+    return jnp.einsum("bnhr,bnrhd->bnhd", p.astype(v_g.dtype), v_g)

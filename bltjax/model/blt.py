@@ -1,0 +1,92 @@
+"""The Byte Latent Transformer end to end (spec §10): bytes -> patches -> bytes.
+
+    tokens [B,N], patch_lengths [B,P] (rows sum to N+1 on the official inference path, first = 1)
+    pid    = patch_ids_from_lengths(patch_lengths, N)
+    e      = E_tok[x] + Σ hash embeddings                           local_encoder.embed
+    h, q   = LocalEncoder(e, pid)                                   local_encoder.forward
+    g      = GlobalTransformer(q viewed [B,P,k*dE])                 global_model.forward
+    dpid   = patch_ids_from_lengths(patch_lengths[:,1:], N)         (the off-by-one)
+    logits = LocalDecoder(h, g, dpid)                               local_decoder.forward
+
+``P`` is static (the padded patch count); zero-length padding patches pool to 0, are causal-after the
+real ones, and are never read by the decoder.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from bltjax.config import BLTConfig
+from bltjax.model import global_model, local_decoder, local_encoder
+from bltjax.model.attention import doc_ids_from_tokens
+from bltjax.model.cross_attention import init_cross
+from bltjax.model.layers import dtype_of, trunc_normal
+from bltjax.model.transformer import init_stack
+from bltjax.patcher import decoder_patch_ids, global_patch_tokens, patch_ids_from_lengths
+
+
+def init_params(cfg: BLTConfig, key: jax.Array) -> dict:
+    """Random parameters with the official initialisation rules (spec §5.5)."""
+    dt = dtype_of(cfg.param_dtype)
+    dE, dD, dG, k = cfg.dim_local_encoder, cfg.dim_local_decoder, cfg.dim_global, cfg.cross_attn_k
+    ks = iter(jax.random.split(key, 12))
+    params = {
+        "tok_embeddings": trunc_normal(next(ks), (cfg.vocab_size, dE), dE ** -0.5, dt),
+        "hash_embeddings": trunc_normal(next(ks), (cfg.n_hash_tables, cfg.encoder_hash_byte_group_vocab, dE),
+                                        dE ** -0.5, dt),
+        "encoder": {
+            "layers": init_stack(local_encoder.encoder_spec(cfg), next(ks), dt),
+            "patch_projection": trunc_normal(next(ks), (dE, k * dE), dE ** -0.5, dt),
+            "cross": init_cross(cfg.n_cross_encoder, dE, next(ks), dt),
+        },
+        "global": {"layers": init_stack(global_model.global_spec(cfg), next(ks), dt)},
+        "decoder": {
+            "patch_projection": trunc_normal(next(ks), (dG, k * dD), dG ** -0.5, dt),
+            "cross": init_cross(cfg.n_cross_decoder, dD, next(ks), dt),
+            "layers": init_stack(local_decoder.decoder_spec(cfg), next(ks), dt),
+            "norm": jnp.ones((dD,), dt),
+            "output": trunc_normal(next(ks), (dD, cfg.vocab_size), dD ** -0.5, dt),
+        },
+    }
+    if cfg.global_input_projection:
+        params["global"]["input_projection"] = trunc_normal(next(ks), (cfg.patch_dim, dG),
+                                                            cfg.patch_dim ** -0.5, dt)
+    return params
+
+
+def check_inputs(cfg: BLTConfig, tokens_bn, patch_lengths_bp) -> None:
+    """Static shape checks with clear messages (run at trace time)."""
+    if tokens_bn.ndim != 2:
+        raise ValueError(f"tokens must be [batch, bytes], got shape {tokens_bn.shape}")
+    if patch_lengths_bp.ndim != 2 or patch_lengths_bp.shape[0] != tokens_bn.shape[0]:
+        raise ValueError(f"patch_lengths must be [batch, patches] matching tokens {tokens_bn.shape}, "
+                         f"got {patch_lengths_bp.shape}")
+    n, p = tokens_bn.shape[1], patch_lengths_bp.shape[1]
+    if n > cfg.max_encoder_seq_length:
+        raise ValueError(f"sequence of {n} bytes exceeds max_encoder_seq_length={cfg.max_encoder_seq_length}")
+    if p > cfg.max_seqlen + 1:
+        raise ValueError(f"{p} patches exceed the global model's max_seqlen={cfg.max_seqlen}")
+
+
+def forward(params: dict, cfg: BLTConfig, tokens_bn: jax.Array, patch_lengths_bp: jax.Array, *,
+            intermediates: bool = False, dense_cross: bool = False):
+    """Next-byte logits [B, N, V] float32 (logit i predicts token i+1).
+
+    ``intermediates=True`` also returns a dict with hash_embeds, enc_h, enc_cross, global_in,
+    global_out (the fixture's activation names).  ``dense_cross`` forces the dense masked
+    cross-attention reference (tests).
+    """
+    check_inputs(cfg, tokens_bn, patch_lengths_bp)
+    n, n_patches = tokens_bn.shape[1], patch_lengths_bp.shape[1]
+    pid = patch_ids_from_lengths(patch_lengths_bp, n)
+    dpid = decoder_patch_ids(patch_lengths_bp, n)
+    doc = doc_ids_from_tokens(tokens_bn, cfg.eos_id) if cfg.local_doc_mask else None
+    e = local_encoder.embed(params, cfg, tokens_bn)
+    h, slots = local_encoder.forward(params, cfg, e, pid, n_patches, doc, dense_cross=dense_cross)
+    gtok = global_patch_tokens(tokens_bn, pid, n_patches, cfg.eos_id)
+    g_in, g_out = global_model.forward(params, cfg, slots, gtok)
+    logits = local_decoder.forward(params, cfg, h, g_out, dpid, doc, dense_cross=dense_cross)
+    if not intermediates:
+        return logits
+    return logits, dict(hash_embeds=e, enc_h=h, enc_cross=slots, global_in=g_in, global_out=g_out)

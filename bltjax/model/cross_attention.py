@@ -1,0 +1,54 @@
+"""Byte <-> patch cross-attention layers (spec §6.3, §8, §9).
+
+    Q = Wq · RMSNorm_q(q),  K, V = Wk, Wv · RMSNorm_kv(kv)        (no RoPE)
+    q_new = 2·q + Wo · softmax(QKᵀ/√d_h + M) V                   (the official double residual)
+
+Encoder: q = patch query slots [B, P*k, d], kv = bytes [B, N, d], mask pid(i) == p.
+Decoder: q = bytes [B, N, d], kv = patch slots [B, P*k, d], mask dpid(i) == p.
+The exact-patch masks run as gathers / segment softmaxes (``attention.py``); windowed masks, and
+``dense=True`` (tests), use the dense masked reference.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import jax
+import jax.numpy as jnp
+
+from bltjax.model import attention as attn_lib
+from bltjax.model.layers import linear, rms_norm, trunc_normal
+
+
+def init_cross(n: int, dim: int, key: jax.Array, dtype=jnp.float32) -> dict:
+    ks = jax.random.split(key, 4)
+    std = dim ** -0.5
+    out = {"norm_q": jnp.ones((n, dim), dtype), "norm_kv": jnp.ones((n, dim), dtype)}
+    for name, k in zip(("wq", "wk", "wv", "wo"), ks):
+        out[name] = trunc_normal(k, (n, dim, dim), std, dtype)
+    return out
+
+
+def cross_attend(p: dict, q_bqd: jax.Array, kv_bsd: jax.Array, *, kind: Literal["encoder", "decoder"],
+                 ids_bn: jax.Array, n_patches: int, k: int, n_heads: int, eps: float,
+                 window: Optional[int] = None, dense: bool = False) -> jax.Array:
+    """One cross-attention layer with ``p`` holding a single layer's weights; returns 2q + Wo·attn."""
+    b, t, d = q_bqd.shape
+    s = kv_bsd.shape[1]
+    hd = d // n_heads
+    qn = rms_norm(q_bqd, p["norm_q"], eps)
+    kvn = rms_norm(kv_bsd, p["norm_kv"], eps)
+    q = linear(qn, p["wq"]).reshape(b, t, n_heads, hd)
+    kk = linear(kvn, p["wk"]).reshape(b, s, n_heads, hd)
+    v = linear(kvn, p["wv"]).reshape(b, s, n_heads, hd)
+    if window is not None or dense:
+        if kind == "encoder":
+            mask = attn_lib.encoder_cross_mask(ids_bn, n_patches, k, window)
+        else:
+            mask = attn_lib.decoder_cross_mask(ids_bn, n_patches, k, window)
+        a = attn_lib.dense_attention(q, kk, v, mask)
+    elif kind == "encoder":
+        a = attn_lib.patch_query_attention(q, kk, v, ids_bn, n_patches, k)
+    else:
+        a = attn_lib.byte_query_attention(q, kk, v, ids_bn, n_patches, k)
+    return 2 * q_bqd + linear(a.reshape(b, t, d), p["wo"])

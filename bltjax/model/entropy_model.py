@@ -1,0 +1,90 @@
+"""The entropy model: a small byte-level causal LM whose next-byte entropy drives patching (spec §2).
+
+    logits = W_out · RMSNorm(blocks(E_tok[x]))       sliding-window attention, documents split at EOS
+
+``compute_entropies`` reproduces the context semantics of the official realtime patcher when asked
+(rows flattened into one stream and cut into fixed chunks) and fixes them by default (each row is its
+own context).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from bltjax.config import PatcherConfig, TransformerConfig
+from bltjax.model.attention import doc_ids_from_tokens
+from bltjax.model.layers import dtype_of, linear, rms_norm, trunc_normal
+from bltjax.model.transformer import StackSpec, apply_stack, init_stack
+
+NEWLINE_ID = ord("\n") + 4
+
+
+def stack_spec(cfg: TransformerConfig, attention_impl: str = "auto", remat: str = "none") -> StackSpec:
+    return StackSpec(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.kv_heads,
+                     ffn_dim=cfg.ffn_dim, norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
+                     window=cfg.sliding_window, attention_impl=attention_impl, remat=remat)
+
+
+def init_params(cfg: TransformerConfig, key: jax.Array, dtype=jnp.float32) -> dict:
+    k_emb, k_layers, k_out = jax.random.split(key, 3)
+    d = cfg.dim
+    return {
+        "tok_embeddings": trunc_normal(k_emb, (cfg.vocab_size, d), d ** -0.5, dtype),
+        "layers": init_stack(stack_spec(cfg), k_layers, dtype),
+        "norm": jnp.ones((d,), dtype),
+        "output": trunc_normal(k_out, (d, cfg.vocab_size), d ** -0.5, dtype),
+    }
+
+
+def forward(params: dict, cfg: TransformerConfig, tokens_bn: jax.Array, *, dtype: str = "float32",
+            attention_impl: str = "auto", remat: str = "none",
+            boundary_id: Optional[int] = None) -> jax.Array:
+    """Next-byte logits [B, N, V] (float32).  ``boundary_id`` adds a context reset after that byte."""
+    cdt = dtype_of(dtype)
+    x = params["tok_embeddings"].astype(cdt)[tokens_bn]
+    doc = doc_ids_from_tokens(tokens_bn, cfg.eos_id, boundary_id) if cfg.doc_mask or boundary_id else None
+    x = apply_stack(params["layers"], x, stack_spec(cfg, attention_impl, remat), doc)
+    x = rms_norm(x, params["norm"], cfg.norm_eps)
+    return linear(x, params["output"]).astype(jnp.float32)
+
+
+def entropies_from_logits(logits_bnv: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """H_i = -sum_v softmax(z_i)_v log_softmax(z_i)_v (natural log), computed in ``dtype``."""
+    z = logits_bnv.astype(dtype)
+    logp = jax.nn.log_softmax(z, axis=-1)
+    return (-jnp.sum(jnp.exp(logp) * logp, axis=-1)).astype(jnp.float32)
+
+
+def compute_entropies(params: dict, cfg: TransformerConfig, pcfg: PatcherConfig, tokens_bn: jax.Array,
+                      *, attention_impl: str = "auto") -> jax.Array:
+    """Per-byte entropies [B, N] with the context semantics chosen in ``pcfg``.
+
+    * default: every row is one context (padding on the right cannot affect earlier bytes);
+    * ``entropy_chunk_len=C``: the context restarts every C bytes;
+    * ``entropy_flatten_rows``: rows are concatenated into one stream before chunking (the official
+      realtime path, where row r sees the end of row r-1 unless an EOS separates them);
+    * ``reset_context_at_newline``: the context also restarts after every newline (paper §4.4);
+    * ``entropy_dtype="bfloat16"``: weights and logits in bf16, as the official loader does.
+    """
+    b, n = tokens_bn.shape
+    dtype = pcfg.entropy_dtype
+    boundary = NEWLINE_ID if pcfg.reset_context_at_newline else None
+    chunk = pcfg.entropy_chunk_len
+    if pcfg.entropy_flatten_rows:
+        stream = tokens_bn.reshape(1, b * n)
+        c = chunk or b * n
+    else:
+        stream = tokens_bn
+        c = chunk or n
+    rows, length = stream.shape
+    n_chunks = -(-length // c)
+    padded = jnp.pad(stream, [(0, 0), (0, n_chunks * c - length)])
+    chunks = padded.reshape(rows * n_chunks, c)
+    p = params if dtype == "float32" else jax.tree.map(lambda a: a.astype(dtype_of(dtype)), params)
+    logits = forward(p, cfg, chunks, dtype=dtype, attention_impl=attention_impl, boundary_id=boundary)
+    ent = entropies_from_logits(logits.astype(dtype_of(dtype)), dtype_of(dtype))
+    ent = ent.reshape(rows, n_chunks * c)[:, :length]
+    return ent.reshape(b, n)

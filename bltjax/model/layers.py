@@ -1,0 +1,53 @@
+"""Building blocks shared by every BLT part: RMSNorm, interleaved RoPE, SwiGLU, initialisers.
+
+Pure functions over arrays.  Weights are stored ``[in, out]``; they are cast to the compute dtype at
+use (fp32 master weights, bf16 compute when configured).  Norms, RoPE tables and softmax run in fp32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def dtype_of(name: str) -> jnp.dtype:
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
+
+
+def rms_norm(x_btd: jax.Array, w_d: jax.Array, eps: float) -> jax.Array:
+    """y = x / sqrt(mean(x^2) + eps) * w, computed in fp32, returned in x's dtype."""
+    x32 = x_btd.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (y * w_d.astype(jnp.float32)).astype(x_btd.dtype)
+
+
+def linear(x: jax.Array, w_io: jax.Array) -> jax.Array:
+    """x @ w with the weight cast to x's dtype (the compute dtype)."""
+    return jnp.einsum("...i,io->...o", x, w_io.astype(x.dtype))
+
+
+def rope_tables(positions_bt: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables [B, T, head_dim/2] for the interleaved-pair RoPE (spec §5.3), fp32."""
+    k = jnp.arange(0, head_dim, 2, dtype=jnp.float32)[: head_dim // 2]
+    freqs_h = 1.0 / (theta ** (k / head_dim))
+    angles_bth = positions_bt.astype(jnp.float32)[..., None] * freqs_h
+    return jnp.cos(angles_bth), jnp.sin(angles_bth)
+
+
+def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax.Array:
+    """Rotate pairs (x[2k], x[2k+1]) by the angle of frequency k (original Llama / complex form)."""
+    x = x_btnh.astype(jnp.float32)
+    x_pairs = x.reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
+    x0, x1 = x_pairs[..., 0], x_pairs[..., 1]
+    cos, sin = cos_bth[:, :, None, :], sin_bth[:, :, None, :]
+    out = jnp.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
+    return out.reshape(x.shape).astype(x_btnh.dtype)
+
+
+def swiglu(x_btd: jax.Array, w1_df: jax.Array, w3_df: jax.Array, w2_fd: jax.Array) -> jax.Array:
+    return linear(jax.nn.silu(linear(x_btd, w1_df)) * linear(x_btd, w3_df), w2_fd)
+
+
+def trunc_normal(key: jax.Array, shape: tuple[int, ...], std: float, dtype=jnp.float32) -> jax.Array:
+    """Truncated normal at +-3 sigma (the official init)."""
+    return (jax.random.truncated_normal(key, -3.0, 3.0, shape, jnp.float32) * std).astype(dtype)

@@ -1,0 +1,85 @@
+"""Local encoder (spec §4, §6): hash n-gram embeddings, a windowed byte transformer, and
+cross-attention that turns bytes into patch vectors for the global model.
+
+    e      = E_tok[x] + Σ_t E_t[hash_t(x)]                          [B, N, dE]
+    h      = blocks(e)          (local mask: causal ∧ window ∧ same document)
+    pool_p = max_{i: pid(i)=p} h_i          (empty patch -> 0)     [B, P, dE]
+    q      = reshape(pool · W_pe, [B, P*k, dE])
+    q      = 2q + Wo·CrossAttn(q, h)         (after the last layer, or after every layer)
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from bltjax.config import BLTConfig
+from bltjax.model.cross_attention import cross_attend
+from bltjax.model.hashing import hash_ids
+from bltjax.model.layers import dtype_of
+from bltjax.model.transformer import StackSpec, block, layer, positions_rope
+
+
+def encoder_spec(cfg: BLTConfig) -> StackSpec:
+    return StackSpec(dim=cfg.dim_local_encoder, n_layers=cfg.n_layers_local_encoder,
+                     n_heads=cfg.n_heads_local_encoder, n_kv_heads=cfg.n_kv_heads or cfg.n_heads_local_encoder,
+                     ffn_dim=cfg.local_ffn_dim(cfg.dim_local_encoder), norm_eps=cfg.norm_eps,
+                     rope_theta=cfg.rope_theta, window=cfg.local_attention_window_len,
+                     attention_impl=cfg.attention_impl, remat=cfg.remat)
+
+
+def embed(params: dict, cfg: BLTConfig, tokens_bn: jax.Array) -> jax.Array:
+    """Byte embedding plus every hash n-gram embedding (no scaling, no averaging)."""
+    cdt = dtype_of(cfg.dtype)
+    e = params["tok_embeddings"][tokens_bn].astype(cdt)
+    if cfg.n_hash_tables:
+        ids_btn = hash_ids(tokens_bn, cfg.encoder_hash_byte_group_size,
+                           cfg.encoder_hash_byte_group_nb_functions, cfg.encoder_hash_byte_group_vocab)
+        tables = params["hash_embeddings"]
+        t, vh, d = tables.shape
+        flat_ids = ids_btn + (jnp.arange(t) * vh)[None, :, None]
+        e = e + jnp.sum(tables.reshape(t * vh, d)[flat_ids].astype(cdt), axis=1)
+    return e
+
+
+def pool_patches(h_bnd: jax.Array, pid_bn: jax.Array, n_patches: int, mode: str) -> jax.Array:
+    """Reduce byte states per patch ("max" in releases); patches without bytes give 0."""
+    b, n, d = h_bnd.shape
+    seg = (pid_bn + jnp.arange(b)[:, None] * n_patches).reshape(-1)
+    flat = h_bnd.reshape(b * n, d)
+    count = jax.ops.segment_sum(jnp.ones((b * n,), jnp.int32), seg, num_segments=b * n_patches)
+    if mode == "max":
+        out = jax.ops.segment_max(flat, seg, num_segments=b * n_patches)
+    elif mode == "min":
+        out = jax.ops.segment_min(flat, seg, num_segments=b * n_patches)
+    else:  # avg / mean
+        out = jax.ops.segment_sum(flat, seg, num_segments=b * n_patches)
+        out = out / jnp.maximum(count, 1)[:, None].astype(out.dtype)
+    out = jnp.where((count > 0)[:, None], out, 0)
+    return out.reshape(b, n_patches, d)
+
+
+def forward(params: dict, cfg: BLTConfig, e_bnd: jax.Array, pid_bn: jax.Array, n_patches: int,
+            doc_bn: Optional[jax.Array], *, dense_cross: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Returns byte states h [B, N, dE] and patch slots [B, P*k, dE]."""
+    enc = params["encoder"]
+    spec = encoder_spec(cfg)
+    b, n, d = e_bnd.shape
+    k = cfg.cross_attn_k
+    rope = positions_rope(n, spec, b)
+    h = e_bnd
+    q = None
+    cross_i = 0
+    for i in range(spec.n_layers):
+        h = block(layer(enc["layers"], i), h, spec, rope, doc_bn)
+        if cfg.cross_attn_all_layers_encoder or i == spec.n_layers - 1:
+            if q is None:
+                pooled = pool_patches(h, pid_bn, n_patches, cfg.downsampling_by_pooling)
+                q = (pooled @ enc["patch_projection"].astype(h.dtype)).reshape(b, n_patches * k, d)
+            q = cross_attend(layer(enc["cross"], cross_i), q, h, kind="encoder", ids_bn=pid_bn,
+                             n_patches=n_patches, k=k, n_heads=cfg.cross_attn_nheads, eps=cfg.norm_eps,
+                             window=cfg.cross_attn_window_encoder, dense=dense_cross)
+            cross_i += 1
+    return h, q

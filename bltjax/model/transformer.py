@@ -1,0 +1,114 @@
+"""The pre-norm Llama block (spec §5) and stacks of it, stacked along a leading layer axis.
+
+    h   = x + Wo · Attn(RoPE(Wq·n1), RoPE(Wk·n1), Wv·n1),   n1 = RMSNorm(x)
+    out = h + W2 · (silu(W1·n2) ⊙ W3·n2),                 n2 = RMSNorm(h)
+
+Stacks run with ``lax.scan`` (compile time and memory independent of depth) under an optional
+remat policy, or as a Python loop (``scan=False``) when a caller interleaves other layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from bltjax.model import attention as attn_lib
+from bltjax.model.layers import apply_rope, linear, rms_norm, rope_tables, swiglu, trunc_normal
+
+
+@dataclasses.dataclass(frozen=True)
+class StackSpec:
+    """Static shape/behaviour of a block stack."""
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    ffn_dim: int
+    norm_eps: float
+    rope_theta: float
+    window: Optional[int] = None
+    attention_impl: str = "auto"
+    remat: str = "none"
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+def init_stack(spec: StackSpec, key: jax.Array, dtype=jnp.float32) -> dict:
+    """Official init (spec §5.5): trunc-normal std dim^-1/2 (w2: ffn^-1/2), norms = 1."""
+    L, d, f, hd = spec.n_layers, spec.dim, spec.ffn_dim, spec.head_dim
+    ks = jax.random.split(key, 7)
+    sd, sf = d ** -0.5, f ** -0.5
+    return {
+        "attention_norm": jnp.ones((L, d), dtype),
+        "wq": trunc_normal(ks[0], (L, d, spec.n_heads * hd), sd, dtype),
+        "wk": trunc_normal(ks[1], (L, d, spec.n_kv_heads * hd), sd, dtype),
+        "wv": trunc_normal(ks[2], (L, d, spec.n_kv_heads * hd), sd, dtype),
+        "wo": trunc_normal(ks[3], (L, spec.n_heads * hd, d), sd, dtype),
+        "ffn_norm": jnp.ones((L, d), dtype),
+        "w1": trunc_normal(ks[4], (L, d, f), sd, dtype),
+        "w3": trunc_normal(ks[5], (L, d, f), sd, dtype),
+        "w2": trunc_normal(ks[6], (L, f, d), sf, dtype),
+    }
+
+
+def layer(stack: dict, i: int) -> dict:
+    """Parameters of layer i of a stacked tree."""
+    return jax.tree.map(lambda a: a[i], stack)
+
+
+def block(p: dict, x_btd: jax.Array, spec: StackSpec, rope: tuple[jax.Array, jax.Array],
+          doc_bt: Optional[jax.Array]) -> jax.Array:
+    """One transformer block; ``p`` holds a single layer's weights."""
+    b, t, _ = x_btd.shape
+    hd = spec.head_dim
+    n1 = rms_norm(x_btd, p["attention_norm"], spec.norm_eps)
+    q = linear(n1, p["wq"]).reshape(b, t, spec.n_heads, hd)
+    k = linear(n1, p["wk"]).reshape(b, t, spec.n_kv_heads, hd)
+    v = linear(n1, p["wv"]).reshape(b, t, spec.n_kv_heads, hd)
+    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    a = attn_lib.self_attention(q, k, v, doc_bt=doc_bt, window=spec.window, impl=spec.attention_impl)
+    h = x_btd + linear(a.reshape(b, t, spec.n_heads * hd), p["wo"])
+    n2 = rms_norm(h, p["ffn_norm"], spec.norm_eps)
+    return h + swiglu(n2, p["w1"], p["w3"], p["w2"])
+
+
+def _remat(fn, policy: str):
+    if policy == "none":
+        return fn
+    if policy == "full":
+        return jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable)
+    if policy == "dots":
+        return jax.checkpoint(fn, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    raise ValueError(f"unknown remat policy {policy!r} (none, full, dots)")
+
+
+def positions_rope(t: int, spec: StackSpec, batch: int) -> tuple[jax.Array, jax.Array]:
+    pos_bt = jnp.broadcast_to(jnp.arange(t)[None], (batch, t))
+    return rope_tables(pos_bt, spec.head_dim, spec.rope_theta)
+
+
+def apply_stack(stack: dict, x_btd: jax.Array, spec: StackSpec, doc_bt: Optional[jax.Array] = None,
+                scan: bool = True) -> jax.Array:
+    """Run all layers of ``stack`` (positions 0..T-1, never reset at documents: spec §5.3)."""
+    rope = positions_rope(x_btd.shape[1], spec, x_btd.shape[0])
+    fn = _remat(lambda x, p: block(p, x, spec, rope, doc_bt), spec.remat)
+    if not scan:
+        for i in range(spec.n_layers):
+            x_btd = fn(x_btd, layer(stack, i))
+        return x_btd
+    x_btd, _ = jax.lax.scan(lambda x, p: (fn(x, p), None), x_btd, stack)
+    return x_btd
+
+
+def check_positions(t: int, max_len: int, what: str) -> None:
+    if t > max_len:
+        raise ValueError(f"{what}: sequence of {t} exceeds the configured maximum {max_len}")
+
+
+__all__ = ["StackSpec", "init_stack", "layer", "block", "apply_stack", "positions_rope", "check_positions"]
