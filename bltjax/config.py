@@ -259,7 +259,8 @@ class BLTConfig:
         dE, dD, dG, k = self.dim_local_encoder, self.dim_local_decoder, self.dim_global, self.cross_attn_k
         ps = float(bytes_per_patch)
         win = min(self.local_attention_window_len or seq_len_bytes, seq_len_bytes)
-        local_ctx = win / 2 if win < seq_len_bytes else seq_len_bytes / 2  # mean causal context
+        # mean number of keys per query under a causal window: ramps up to W, then stays at W
+        local_ctx = (win * (win + 1) / 2 + (seq_len_bytes - win) * win) / seq_len_bytes
         patches = seq_len_bytes / ps
         # byte-rate matmuls: local blocks, decoder cross-attention (q/o per byte; k/v per patch slot)
         enc_blocks = p["local_encoder"] - self.n_cross_encoder * (4 * dE * dE + 2 * dE) - dE * k * dE

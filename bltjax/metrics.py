@@ -1,0 +1,388 @@
+"""Run metrics: peak FLOP/s per chip, MFU, throughput, JSONL + TensorBoard writer, console progress.
+
+Non-blocking logging pattern (never stall the device on a metric)::
+
+    writer = MetricsWriter(workdir, tensorboard=cfg.tensorboard)
+    for step in range(start, cfg.steps):
+        state, metrics = train_step(state, batch)        # dispatched asynchronously
+        if step % cfg.log_every == 0:
+            writer.write_deferred(step, metrics)          # writes the *previous* logged step's arrays
+    writer.close()                                        # writes the last deferred record
+
+``write_deferred`` keeps the device arrays of this call and converts (``jax.device_get``) the ones
+from the previous call, which finished long ago, so the host never waits for the step in flight.
+``write`` converts and writes immediately (for evals / end of run).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Dense bf16 peak FLOP/s per chip (vendor specs), matched as lower-case substrings of
+# ``device.device_kind``; first match wins, so specific names precede their prefixes.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("tpu7x", 2307e12),       # Ironwood
+    ("tpu v7", 2307e12),
+    ("tpu v6 lite", 918e12),  # v6e / Trillium
+    ("tpu v6e", 918e12),
+    ("tpu v5 lite", 197e12),  # v5e
+    ("tpu v5e", 197e12),
+    ("tpu v5p", 459e12),
+    ("tpu v5", 459e12),       # v5p reports "TPU v5"
+    ("tpu v4", 275e12),
+    ("tpu v3", 123e12),
+    ("tpu v2", 45e12),
+    ("gb200", 2500e12),
+    ("b200", 2250e12),
+    ("h100 pcie", 756e12),
+    ("h100", 989e12),         # SXM
+    ("h800", 989e12),
+    ("h200", 989e12),         # also GH200
+    ("a100", 312e12),
+    ("a800", 312e12),
+    ("l40s", 362e12),
+    ("l40", 181e12),
+    ("l4", 121e12),
+    ("v100", 125e12),         # fp16 tensor cores (no bf16)
+    ("t4", 65e12),            # fp16 tensor cores (no bf16)
+    ("mi300x", 1307e12),
+)
+
+# CPU fallback: the build machine (2 Zen 3 cores, AVX2/FMA) sustains ~40 GFLOP/s fp32 on a large
+# matmul (env-probe §3), i.e. ~20 GFLOP/s per core.  ``measure_matmul_flops`` measures instead.
+CPU_FLOPS_PER_CORE = 20e9
+
+ENV_PEAK_FLOPS = "BLTJAX_PEAK_FLOPS"  # overrides the per-device peak (FLOP/s) when set
+
+
+def _cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@functools.lru_cache(maxsize=None)
+def measure_matmul_flops(n: int = 1024, repeats: int = 3) -> float:
+    """Best-of-``repeats`` fp32 ``n x n`` matmul FLOP/s on the default device (cached per process)."""
+    a = jnp.ones((n, n), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best
+
+
+def peak_flops_for_kind(device_kind: str) -> Optional[float]:
+    """Peak bf16 FLOP/s of one chip named ``device_kind`` (None when unknown)."""
+    kind = device_kind.lower()
+    for pattern, flops in PEAK_BF16_FLOPS:
+        if pattern in kind:
+            return flops
+    return None
+
+
+def peak_flops_per_device(device: Optional[jax.Device] = None, measure_cpu: bool = False) -> Optional[float]:
+    """Peak FLOP/s of one device: ``$BLTJAX_PEAK_FLOPS``, else the table, else None (unknown chip).
+
+    On CPU the host estimate (``CPU_FLOPS_PER_CORE`` x cores, or a measured matmul with
+    ``measure_cpu``) is divided among the process's CPU devices, so fake multi-device CPU runs
+    (``--xla_force_host_platform_device_count``) still report MFU against the real host.
+    """
+    if os.environ.get(ENV_PEAK_FLOPS):
+        return float(os.environ[ENV_PEAK_FLOPS])
+    device = device or jax.devices()[0]
+    if device.platform == "cpu":
+        host = measure_matmul_flops() if measure_cpu else CPU_FLOPS_PER_CORE * _cpu_cores()
+        return host / max(len(jax.local_devices(backend="cpu")), 1)
+    peak = peak_flops_for_kind(device.device_kind)
+    if peak is None:
+        log.warning("unknown device kind %r: no peak FLOP/s, MFU not reported (set %s)",
+                    device.device_kind, ENV_PEAK_FLOPS)
+    return peak
+
+
+def mfu(flops_per_step: float, step_time_s: float, n_devices: int,
+        peak_flops: Optional[float] = None) -> float:
+    """Model FLOPs utilisation: ``flops_per_step / (step_time_s * n_devices * peak)``.
+
+    ``peak_flops`` is per device (default ``peak_flops_per_device()``); NaN when it is unknown.
+    """
+    if step_time_s <= 0:
+        raise ValueError(f"step_time_s must be > 0, got {step_time_s}")
+    if n_devices < 1:
+        raise ValueError(f"n_devices must be >= 1, got {n_devices}")
+    peak = peak_flops if peak_flops is not None else peak_flops_per_device()
+    if peak is None or peak <= 0:
+        return float("nan")
+    return float(flops_per_step) / (step_time_s * n_devices * peak)
+
+
+def _mean_causal_context(seq_len: int, window: Optional[int]) -> float:
+    """Mean number of keys a query sees under a causal (optionally sliding-window) mask."""
+    w = seq_len if window is None else min(window, seq_len)
+    return (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
+
+
+def train_flops_per_step(cfg: Any, bytes_per_patch: Optional[float] = None) -> float:
+    """Model FLOPs of one optimizer step of ``cfg`` (a TrainConfig), backward = 2x forward.
+
+    BLT: ``model.flops_per_byte(bytes_per_patch, seq_len)`` (spec §11 paper accounting) times the
+    bytes per step; ``bytes_per_patch`` defaults to ``model.patcher.patch_size`` (pass the measured
+    mean for entropy patching).  Entropy-model training (``train_entropy_model``): per byte
+    ``6 * (params - embedding table) + 12 * n_layers * dim * mean causal context``.
+    """
+    n_bytes = cfg.global_batch_size * cfg.seq_len
+    if cfg.train_entropy_model:
+        em = cfg.model.entropy_model
+        matmul_params = em.num_params() - em.vocab_size * em.dim  # the input lookup is free
+        ctx = _mean_causal_context(cfg.seq_len, em.sliding_window)
+        attn = em.n_layers * em.n_heads * em.hdim * ctx * 4  # QK^T and AV, forward
+        return 3.0 * (2.0 * matmul_params + attn) * n_bytes
+    ps = cfg.model.patcher.patch_size if bytes_per_patch is None else bytes_per_patch
+    return cfg.resolved_model().flops_per_byte(ps, cfg.seq_len, training=True) * n_bytes
+
+
+class Throughput:
+    """Steps/s, bytes/s and MFU over the interval between two ``update`` calls (wall clock)."""
+
+    def __init__(self, bytes_per_step: float, flops_per_step: Optional[float] = None, n_devices: int = 1,
+                 peak_flops: Optional[float] = None, clock=time.perf_counter):
+        self.bytes_per_step = bytes_per_step
+        self.flops_per_step = flops_per_step
+        self.n_devices = n_devices
+        self.peak_flops = peak_flops
+        self._clock = clock
+        self._last: Optional[tuple[int, float]] = None
+
+    def update(self, step: int) -> dict[str, float]:
+        """Rates since the previous call; ``{}`` on the first call (it only starts the clock)."""
+        now = self._clock()
+        last, self._last = self._last, (step, now)
+        if last is None or step <= last[0] or now <= last[1]:
+            return {}
+        dt = (now - last[1]) / (step - last[0])
+        out = {"step_time_s": dt, "steps_per_s": 1.0 / dt, "bytes_per_s": self.bytes_per_step / dt}
+        if self.flops_per_step is not None:
+            out["mfu"] = mfu(self.flops_per_step, dt, self.n_devices, self.peak_flops)
+        return out
+
+
+# ====================================================================== writer
+def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in metrics.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+def to_scalars(metrics: Mapping[str, Any]) -> dict[str, float | int]:
+    """Device/numpy/python scalars (nested dicts flattened with '/') -> python numbers, one transfer."""
+    flat = jax.device_get(_flatten(metrics))
+    out: dict[str, float | int] = {}
+    for k, v in flat.items():
+        a = np.asarray(v)
+        if a.size != 1:
+            raise ValueError(f"metric {k!r} must be a scalar, got shape {a.shape}")
+        item = a.reshape(()).item()
+        if isinstance(item, bool):
+            item = int(item)
+        if not isinstance(item, (int, float)):
+            raise ValueError(f"metric {k!r} must be numeric, got {type(item).__name__}")
+        out[k] = item
+    return out
+
+
+class MetricsWriter:
+    """Appends ``{"step", "time", **metrics}`` lines to ``workdir/metrics.jsonl`` and, optionally,
+    scalars to TensorBoard event files under ``workdir/tensorboard`` (tensorboardX).
+
+    Only process 0 writes by default (``enabled``).  Appending makes resumed runs continue the same
+    file; ``read_jsonl`` keeps the last record of a step logged twice.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True, *,
+                 filename: str = "metrics.jsonl", tb_subdir: str = "tensorboard",
+                 enabled: Optional[bool] = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.workdir = pathlib.Path(workdir)
+        self.path = self.workdir / filename
+        self._pending: Optional[tuple[int, Mapping[str, Any]]] = None
+        self._file = None
+        self._tb = None
+        if not self.enabled:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", buffering=1, encoding="utf-8")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(logdir=str(self.workdir / tb_subdir))
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float | int]:
+        """Convert ``metrics`` (one device_get) and write them now; returns the python scalars."""
+        scalars = to_scalars(metrics)
+        if self.enabled and self._file is not None:
+            now = time.time()
+            self._file.write(json.dumps({"step": int(step), "time": now, **scalars}) + "\n")
+            if self._tb is not None:
+                for k, v in scalars.items():
+                    self._tb.add_scalar(k, v, global_step=int(step), walltime=now)
+        return scalars
+
+    def write_deferred(self, step: int, metrics: Mapping[str, Any]) -> Optional[tuple[int, dict]]:
+        """Keep ``metrics`` (device arrays) for later; write the previously kept ones now.
+
+        Returns ``(step, scalars)`` of the record written, or None on the first call.
+        """
+        previous, self._pending = self._pending, (int(step), dict(metrics))
+        if previous is None:
+            return None
+        return previous[0], self.write(*previous)
+
+    def flush(self) -> Optional[tuple[int, dict]]:
+        """Write the deferred record (if any) and flush files."""
+        previous, self._pending = self._pending, None
+        out = None if previous is None else (previous[0], self.write(*previous))
+        if self._file is not None:
+            self._file.flush()
+        if self._tb is not None:
+            self._tb.flush()
+        return out
+
+    def close(self) -> None:
+        self.flush()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "MetricsWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of a metrics.jsonl, sorted by step; a step logged twice (resume) keeps its last record."""
+    by_step: dict[int, dict[str, Any]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rec = json.loads(line)
+                by_step[rec["step"]] = rec
+    return [by_step[s] for s in sorted(by_step)]
+
+
+# ====================================================================== console
+def _si(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return f"{x:.1f}"
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def format_progress(step: int, total_steps: int, scalars: Mapping[str, float],
+                    eta_s: Optional[float] = None) -> str:
+    """``step 120/1000 | loss 2.3456 | bpb 1.2345 | lr 3.00e-04 | 1.23M B/s | MFU 41.2% | ETA 0:12:34``.
+
+    Uses the keys ``loss``, ``bpb``, ``lr``, ``bytes_per_s``, ``mfu`` when present.
+    """
+    parts = [f"step {step}/{total_steps}"]
+    if "loss" in scalars:
+        parts.append(f"loss {scalars['loss']:.4f}")
+    if "bpb" in scalars:
+        parts.append(f"bpb {scalars['bpb']:.4f}")
+    if "lr" in scalars:
+        parts.append(f"lr {scalars['lr']:.2e}")
+    if "bytes_per_s" in scalars:
+        parts.append(f"{_si(scalars['bytes_per_s'])} B/s")
+    if "mfu" in scalars and math.isfinite(scalars["mfu"]):
+        parts.append(f"MFU {100 * scalars['mfu']:.1f}%")
+    if eta_s is not None:
+        parts.append(f"ETA {format_duration(eta_s)}")
+    return " | ".join(parts)
+
+
+class ConsoleProgress:
+    """A tqdm bar on a terminal, else one plain ``format_progress`` line per ``update`` (log files).
+
+    ETA comes from the mean step rate since construction.  Only process 0 prints by default.
+    """
+
+    def __init__(self, total_steps: int, start_step: int = 0, *, bar: Optional[bool] = None,
+                 enabled: Optional[bool] = None, stream=None, clock=time.perf_counter):
+        self.total_steps = total_steps
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.stream = stream or sys.stderr
+        self._clock = clock
+        self._start = (start_step, clock())
+        self._tqdm = None
+        use_bar = bar if bar is not None else bool(getattr(self.stream, "isatty", lambda: False)())
+        if self.enabled and use_bar:
+            from tqdm.auto import tqdm
+
+            self._tqdm = tqdm(total=total_steps, initial=start_step, file=self.stream, dynamic_ncols=True,
+                              unit="step")
+
+    def eta(self, step: int) -> Optional[float]:
+        s0, t0 = self._start
+        done, elapsed = step - s0, self._clock() - t0
+        if done <= 0 or elapsed <= 0:
+            return None
+        return (self.total_steps - step) * elapsed / done
+
+    def update(self, step: int, scalars: Mapping[str, float]) -> str:
+        """Show progress at ``step`` (python scalars); returns the text line."""
+        line = format_progress(step, self.total_steps, scalars, self.eta(step))
+        if not self.enabled:
+            return line
+        if self._tqdm is not None:
+            self._tqdm.n = step
+            self._tqdm.set_postfix_str(line.split(" | ", 1)[-1].rsplit(" | ETA", 1)[0], refresh=True)
+        else:
+            print(line, file=self.stream, flush=True)
+        return line
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+            self._tqdm = None
+
+
+__all__ = [
+    "PEAK_BF16_FLOPS", "CPU_FLOPS_PER_CORE", "ENV_PEAK_FLOPS", "measure_matmul_flops", "peak_flops_for_kind",
+    "peak_flops_per_device", "mfu", "train_flops_per_step", "Throughput", "to_scalars", "MetricsWriter", "read_jsonl",
+    "format_duration", "format_progress", "ConsoleProgress",
+]
