@@ -2,9 +2,9 @@
 
 Self-attention (local byte models, entropy model, global model):
     ``self_attention(q, k, v, doc_bt=..., window=..., impl=...)``
-    * ``xla``: exact masked softmax.  With a sliding window and a long sequence it runs
-      *block-local*: queries in blocks of ``window`` attend to their own and the previous block only,
-      so the cost is O(T*2W) instead of O(T^2).
+    * ``xla``: exact masked softmax.  With a sliding window shorter than the sequence it runs
+      *block-local*: query blocks of 128 attend only to the keys their window can reach, so the cost
+      is O(T*(W+128)) instead of O(T^2).
     * ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")`` (GPU, bf16/fp16).
     * ``auto``: cudnn on GPU with a 16-bit compute dtype, otherwise xla.  (TPU splash slots in here.)
 
@@ -89,39 +89,43 @@ def dense_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
     return out.reshape(b, t, n, h)
 
 
-def _block_local_attention(q_btnh, k_btkh, v_btkh, doc_bt, window: int) -> jax.Array:
-    """Sliding-window causal attention in blocks of ``window``: each block sees itself + previous."""
+def _block_local_attention(q_btnh, k_btkh, v_btkh, doc_bt, window: int, block: int) -> jax.Array:
+    """Sliding-window causal attention by query blocks of ``block`` positions.
+
+    Block j attends keys from the ``lookback = ceil((window-1)/block)`` previous blocks and itself, so the
+    cost is O(T * (window + block)) instead of O(T^2).
+    """
     b, t, n, h = q_btnh.shape
-    w = window
-    nb = -(-t // w)
-    pad = nb * w - t
+    nb = -(-t // block)
+    lookback = -(-(window - 1) // block)
+    pad = nb * block - t
 
     def blocks(x):
         x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-        return x.reshape(b, nb, w, *x.shape[2:])
+        return x.reshape(b, nb, block, *x.shape[2:])
+
+    def with_prev(x, fill=0):
+        """[B, nb, block, ...] -> [B, nb, (lookback+1)*block, ...]: previous blocks then block j."""
+        xp = jnp.pad(x, [(0, 0), (lookback, 0)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+        return jnp.concatenate([xp[:, i:i + nb] for i in range(lookback + 1)], axis=2)
 
     q_b = blocks(q_btnh)
-    k_b, v_b = blocks(k_btkh), blocks(v_btkh)
-    # keys of block j = [block j-1, block j]
-    def with_prev(x):
-        prev = jnp.pad(x, [(0, 0), (1, 0)] + [(0, 0)] * (x.ndim - 2))[:, :-1]
-        return jnp.concatenate([prev, x], axis=2)
-
-    k2, v2 = with_prev(k_b), with_prev(v_b)
-    pos = jnp.arange(nb * w).reshape(nb, w)
-    pos_q = pos  # [nb, w]
-    pos_k = jnp.concatenate([pos - w, pos], axis=1)  # [nb, 2w]
+    k2, v2 = with_prev(blocks(k_btkh)), with_prev(blocks(v_btkh))
+    pos_q = jnp.arange(nb * block).reshape(nb, block)
+    pos_k = jnp.concatenate([pos_q - (lookback - i) * block for i in range(lookback + 1)], axis=1)
     diff = pos_q[:, :, None] - pos_k[:, None, :]
-    allowed = (diff >= 0) & (diff < w) & (pos_k[:, None, :] >= 0)
-    allowed = jnp.broadcast_to(allowed[None], (b, nb, w, 2 * w))
+    allowed = (diff >= 0) & (diff < window) & (pos_k[:, None, :] >= 0)
+    allowed = jnp.broadcast_to(allowed[None], (b,) + allowed.shape)
     if doc_bt is not None:
-        d = jnp.pad(doc_bt, [(0, 0), (0, pad)], constant_values=-1).reshape(b, nb, w)
-        d_prev = jnp.pad(d, [(0, 0), (1, 0), (0, 0)], constant_values=-2)[:, :-1]
-        d_k = jnp.concatenate([d_prev, d], axis=2)
+        d = blocks(doc_bt)
+        d_k = with_prev(d, fill=-1)
         allowed = allowed & (d[:, :, :, None] == d_k[:, :, None, :])
     flat = lambda x: x.reshape(b * nb, *x.shape[2:])
     out = dense_attention(flat(q_b), flat(k2), flat(v2), flat(allowed))
-    return out.reshape(b, nb * w, n, h)[:, :t]
+    return out.reshape(b, nb * block, n, h)[:, :t]
+
+
+LOCAL_BLOCK = 128  # query block of the block-local path (matmul-friendly, small waste)
 
 
 def _use_cudnn(impl: str, dtype) -> bool:
@@ -144,8 +148,10 @@ def self_attention(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, *,
         local = None if window is None or window >= t else (window - 1, 0)
         return jax.nn.dot_product_attention(q_btnh, k_btkh, v_btkh, mask=mask, is_causal=True,
                                             local_window_size=local, implementation="cudnn")
-    if window is not None and t > 2 * window:
-        return _block_local_attention(q_btnh, k_btkh, v_btkh, doc_bt, window)
+    if window is not None:
+        block = min(LOCAL_BLOCK, window)
+        if (-(-(window - 1) // block) + 1) * block < t:
+            return _block_local_attention(q_btnh, k_btkh, v_btkh, doc_bt, window, block)
     pos = jnp.arange(t)
     mask = local_mask(doc_bt, doc_bt, pos, pos, window)
     if mask.shape[0] != q_btnh.shape[0]:

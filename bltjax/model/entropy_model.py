@@ -18,6 +18,7 @@ from bltjax.config import PatcherConfig, TransformerConfig
 from bltjax.model.attention import doc_ids_from_tokens
 from bltjax.model.layers import dtype_of, linear, rms_norm, trunc_normal
 from bltjax.model.transformer import StackSpec, apply_stack, init_stack
+from bltjax.patcher import entropies_from_logits  # noqa: F401  (re-exported)
 
 NEWLINE_ID = ord("\n") + 4
 
@@ -51,13 +52,6 @@ def forward(params: dict, cfg: TransformerConfig, tokens_bn: jax.Array, *, dtype
     return linear(x, params["output"]).astype(jnp.float32)
 
 
-def entropies_from_logits(logits_bnv: jax.Array, dtype=jnp.float32) -> jax.Array:
-    """H_i = -sum_v softmax(z_i)_v log_softmax(z_i)_v (natural log), computed in ``dtype``."""
-    z = logits_bnv.astype(dtype)
-    logp = jax.nn.log_softmax(z, axis=-1)
-    return (-jnp.sum(jnp.exp(logp) * logp, axis=-1)).astype(jnp.float32)
-
-
 def compute_entropies(params: dict, cfg: TransformerConfig, pcfg: PatcherConfig, tokens_bn: jax.Array,
                       *, attention_impl: str = "auto") -> jax.Array:
     """Per-byte entropies [B, N] with the context semantics chosen in ``pcfg``.
@@ -85,6 +79,6 @@ def compute_entropies(params: dict, cfg: TransformerConfig, pcfg: PatcherConfig,
     chunks = padded.reshape(rows * n_chunks, c)
     p = params if dtype == "float32" else jax.tree.map(lambda a: a.astype(dtype_of(dtype)), params)
     logits = forward(p, cfg, chunks, dtype=dtype, attention_impl=attention_impl, boundary_id=boundary)
-    ent = entropies_from_logits(logits.astype(dtype_of(dtype)), dtype_of(dtype))
+    ent = entropies_from_logits(logits.astype(dtype_of(dtype)), in_logits_dtype=True)
     ent = ent.reshape(rows, n_chunks * c)[:, :length]
     return ent.reshape(b, n)
