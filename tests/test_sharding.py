@@ -88,9 +88,10 @@ TINY_ENTROPY = TransformerConfig(dim=32, n_layers=2, n_heads=2, multiple_of=32)
 
 
 def golden_params():
-    """The tree the golden file describes.  To check the real model, swap this one line for
-    ``return bltjax.model.blt.init_params(tiny_blt_config(), jax.random.key(0))``."""
-    return layout_blt_params(tiny_blt_config())
+    """The tree the golden file describes: the real model's parameters (shapes only)."""
+    import bltjax.model.blt
+
+    return jax.eval_shape(lambda: bltjax.model.blt.init_params(tiny_blt_config(), jax.random.key(0)))
 
 
 def _flat(tree) -> dict[str, object]:

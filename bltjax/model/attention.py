@@ -159,6 +159,14 @@ def self_attention(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, *,
     return dense_attention(q_btnh, k_btkh, v_btkh, mask)
 
 
+def segment_ids(pid_bn: jax.Array, n_patches: int) -> jax.Array:
+    """Flat segment id per byte (row-major over the batch); bytes with pid >= P get an out-of-range id
+    that segment reductions drop."""
+    b = pid_bn.shape[0]
+    seg = pid_bn + jnp.arange(b)[:, None] * n_patches
+    return jnp.where(pid_bn < n_patches, seg, b * n_patches).reshape(-1)
+
+
 def patch_query_attention(q_bqnh: jax.Array, k_bnkh: jax.Array, v_bnkh: jax.Array, pid_bn: jax.Array,
                           n_patches: int, k: int) -> jax.Array:
     """Encoder cross-attention, exact-patch mask, as a segment softmax.
@@ -169,14 +177,15 @@ def patch_query_attention(q_bqnh: jax.Array, k_bnkh: jax.Array, v_bnkh: jax.Arra
     b, q_len, nh, hd = q_bqnh.shape
     n = k_bnkh.shape[1]
     q_bpkh = q_bqnh.reshape(b, n_patches, k, nh, hd)
-    q_at_byte = jnp.take_along_axis(q_bpkh, pid_bn[:, :, None, None, None], axis=1)  # [B, N, k, H, hd]
+    pid_c = jnp.minimum(pid_bn, n_patches - 1)  # bytes past a row's patches are dropped by segment_ids
+    q_at_byte = jnp.take_along_axis(q_bpkh, pid_c[:, :, None, None, None], axis=1)  # [B, N, k, H, hd]
     s_bnkh = jnp.einsum("bnrhd,bnhd->bnrh", q_at_byte, k_bnkh,
                         preferred_element_type=jnp.float32) * (hd ** -0.5)
-    seg = (pid_bn + jnp.arange(b)[:, None] * n_patches).reshape(-1)
+    seg = segment_ids(pid_bn, n_patches)
     flat_s = s_bnkh.reshape(b * n, k, nh)
     seg_max = jax.ops.segment_max(flat_s, seg, num_segments=b * n_patches)
     seg_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(seg_max), seg_max, 0.0))
-    e = jnp.exp(flat_s - seg_max[seg])
+    e = jnp.exp(flat_s - seg_max[jnp.minimum(seg, b * n_patches - 1)])
     denom = jax.ops.segment_sum(e, seg, num_segments=b * n_patches)  # [B*P, k, H]
     v_flat = v_bnkh.reshape(b * n, nh, hd)
     num = jax.ops.segment_sum(e[..., None] * v_flat[:, None].astype(jnp.float32), seg,

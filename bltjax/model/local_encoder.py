@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from bltjax.config import BLTConfig
+from bltjax.model.attention import segment_ids
 from bltjax.model.cross_attention import cross_attend
 from bltjax.model.hashing import hash_ids
 from bltjax.model.layers import dtype_of
@@ -47,7 +48,7 @@ def embed(params: dict, cfg: BLTConfig, tokens_bn: jax.Array) -> jax.Array:
 def pool_patches(h_bnd: jax.Array, pid_bn: jax.Array, n_patches: int, mode: str) -> jax.Array:
     """Reduce byte states per patch ("max" in releases); patches without bytes give 0."""
     b, n, d = h_bnd.shape
-    seg = (pid_bn + jnp.arange(b)[:, None] * n_patches).reshape(-1)
+    seg = segment_ids(pid_bn, n_patches)
     flat = h_bnd.reshape(b * n, d)
     count = jax.ops.segment_sum(jnp.ones((b * n,), jnp.int32), seg, num_segments=b * n_patches)
     if mode == "max":

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from bltjax.model import attention as attn_lib
 from bltjax.model.layers import apply_rope, linear, rms_norm, rope_tables, swiglu, trunc_normal
+from bltjax.sharding import constrain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +76,7 @@ def block(p: dict, x_btd: jax.Array, spec: StackSpec, rope: tuple[jax.Array, jax
     a = attn_lib.self_attention(q, k, v, doc_bt=doc_bt, window=spec.window, impl=spec.attention_impl)
     h = x_btd + linear(a.reshape(b, t, spec.n_heads * hd), p["wo"])
     n2 = rms_norm(h, p["ffn_norm"], spec.norm_eps)
-    return h + swiglu(n2, p["w1"], p["w3"], p["w2"])
+    return constrain(h + swiglu(n2, p["w1"], p["w3"], p["w2"]), ("batch", None, "act_embed"))
 
 
 def _remat(fn, policy: str):
