@@ -47,6 +47,11 @@ class PatcherConfig:
     entropy_flatten_rows: bool = False  # reproduce official cross-row context leakage (issue #123)
     entropy_dtype: str = "float32"  # official realtime loader forces bfloat16
     reset_context_at_newline: bool = False  # paper §4.4 option
+    # Hugging Face port convention (spec §16.3): lengths cover the N real bytes only -- the virtual
+    # next-byte position is dropped from the last patch (which may leave a trailing zero-length
+    # patch) and, with max_patch_length, zero-length patches are dropped.  Patch ids are unchanged
+    # for single rows; applied by bltjax.pretrained on top of the official include_next_token lengths.
+    patches_sum_to_n: bool = False
 
     def validate(self) -> "PatcherConfig":
         _check(self.mode in ("entropy", "space", "static", "byte", "bpe"),
