@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from bltjax.config import BLTConfig
+from bltjax.model.layers import linear
 from bltjax.model.transformer import StackSpec, apply_stack
 
 
@@ -36,6 +37,6 @@ def forward(params: dict, cfg: BLTConfig, slots_bqd: jax.Array, global_tokens_bp
     g_in = slots_bqd.reshape(b, -1, cfg.patch_dim)
     x = g_in
     if cfg.global_input_projection:
-        x = x @ gp["input_projection"].astype(x.dtype)
+        x = linear(x, gp["input_projection"])
     doc = patch_doc_ids(global_tokens_bp, cfg.eos_id) if cfg.global_attn == "block_causal" else None
     return g_in, apply_stack(gp["layers"], x, global_spec(cfg), doc, scan=cfg.scan_layers)

@@ -22,8 +22,13 @@ def rms_norm(x_btd: jax.Array, w_d: jax.Array, eps: float) -> jax.Array:
 
 
 def linear(x: jax.Array, w_io: jax.Array) -> jax.Array:
-    """x @ w with the weight cast to x's dtype (the compute dtype)."""
-    return jnp.einsum("...i,io->...o", x, w_io.astype(x.dtype))
+    """x @ w with the weight cast to x's dtype (the compute dtype).
+
+    Leading dims are flattened into one so that forward and both gradients are plain 2-D matmuls
+    (on CPU, XLA's gradient of a 3-D einsum is ~2x slower than the same work as 2-D dots).
+    """
+    y = x.reshape(-1, x.shape[-1]) @ w_io.astype(x.dtype)
+    return y.reshape(*x.shape[:-1], w_io.shape[-1])
 
 
 def rope_tables(positions_bt: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:

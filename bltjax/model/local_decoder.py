@@ -33,7 +33,7 @@ def decoder_spec(cfg: BLTConfig) -> StackSpec:
 def patch_kv(params: dict, cfg: BLTConfig, g_out_bpd: jax.Array) -> jax.Array:
     """Project global patch states to the decoder's k key/value slots per patch: [B, P*k, dD]."""
     b, p, _ = g_out_bpd.shape
-    kv = g_out_bpd @ params["decoder"]["patch_projection"].astype(g_out_bpd.dtype)
+    kv = linear(g_out_bpd, params["decoder"]["patch_projection"])
     return kv.reshape(b, p * cfg.cross_attn_k, cfg.dim_local_decoder)
 
 

@@ -19,7 +19,7 @@ from bltjax.config import BLTConfig
 from bltjax.model.attention import segment_ids
 from bltjax.model.cross_attention import cross_attend
 from bltjax.model.hashing import hash_ids
-from bltjax.model.layers import dtype_of
+from bltjax.model.layers import dtype_of, linear
 from bltjax.model.transformer import StackSpec, block, layer, positions_rope
 
 
@@ -78,7 +78,7 @@ def forward(params: dict, cfg: BLTConfig, e_bnd: jax.Array, pid_bn: jax.Array, n
         if cfg.cross_attn_all_layers_encoder or i == spec.n_layers - 1:
             if q is None:
                 pooled = pool_patches(h, pid_bn, n_patches, cfg.downsampling_by_pooling)
-                q = (pooled @ enc["patch_projection"].astype(h.dtype)).reshape(b, n_patches * k, d)
+                q = linear(pooled, enc["patch_projection"]).reshape(b, n_patches * k, d)
             q = cross_attend(layer(enc["cross"], cross_i), q, h, kind="encoder", ids_bn=pid_bn,
                              n_patches=n_patches, k=k, n_heads=cfg.cross_attn_nheads, eps=cfg.norm_eps,
                              window=cfg.cross_attn_window_encoder, dense=dense_cross)
