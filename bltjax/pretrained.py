@@ -262,7 +262,8 @@ class Pretrained:
 
 
 def detect_layout(path: PathLike) -> str:
-    """``"bltjax"``, ``"hf"``, ``"hub-mixin"`` or ``"release"``; a clear error otherwise."""
+    """``"bltjax"``, ``"workdir"`` (a ``bltjax.train`` run), ``"hf"``, ``"hub-mixin"`` or ``"release"``;
+    a clear error otherwise."""
     path = pathlib.Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
@@ -270,6 +271,8 @@ def detect_layout(path: PathLike) -> str:
         raise ValueError(f"expected a checkpoint directory, got a file: {path}")
     if (path / "params").is_dir() and (path / "metadata").exists():
         return "bltjax"
+    if (path / "config.json").is_file() and (path / "checkpoints").is_dir():
+        return "workdir"
     if (path / "config.json").is_file():
         cfg = json.loads((path / "config.json").read_text())
         if cfg.get("model_type") == "blt":
@@ -344,6 +347,31 @@ def _to_device(tree: Optional[dict]) -> Optional[dict]:
     return None if tree is None else jax.tree.map(jnp.asarray, tree)
 
 
+def _load_workdir(path: pathlib.Path, entropy_model_dir: Optional[PathLike]):
+    """The newest checkpoint of a ``bltjax.train`` workdir (and its frozen entropy model, if any)."""
+    from bltjax.train import load_run
+
+    tcfg, params, _ = load_run(path)
+    if tcfg.train_entropy_model:
+        raise ValueError(f"{path} is an entropy-model training run; use it as --entropy-model of "
+                         f"bltjax.patching / bltjax.eval, or as entropy_model_checkpoint of a BLT run")
+    cfg = tcfg.resolved_model()
+    entropy = None
+    if cfg.patcher.mode == "entropy":
+        src = entropy_model_dir or tcfg.entropy_model_checkpoint
+        if src is None:
+            raise ValueError(f"{path}: entropy patching but the run names no entropy_model_checkpoint")
+        from bltjax.patching import load_entropy_model
+
+        em = load_entropy_model(src)
+        entropy = em.params
+        if cfg.entropy_model is None:
+            cfg = dataclasses.replace(cfg, entropy_model=em.config)
+    params = jax.tree.map(np.asarray, params)
+    entropy = None if entropy is None else jax.tree.map(np.asarray, entropy)
+    return dataclasses.replace(cfg, dtype="float32"), params, entropy
+
+
 def read_checkpoint(path: PathLike, *, official_realtime: bool = False, param_dtype: str = "float32",
                     entropy_model_dir: Optional[PathLike] = None) -> tuple[str, BLTConfig, dict, Optional[dict]]:
     """Host-side load: ``(layout, config, blt params, entropy params or None)`` as numpy trees."""
@@ -361,6 +389,8 @@ def read_checkpoint(path: PathLike, *, official_realtime: bool = False, param_dt
     elif layout == "hf":
         cfg, bundle = hf_io.read_hf_dir(path, dtype)
         params, entropy = bundle["blt"], bundle.get("entropy")
+    elif layout == "workdir":
+        cfg, params, entropy = _load_workdir(path, entropy_model_dir)
     else:
         from bltjax.checkpoint import load_params
 
