@@ -23,39 +23,8 @@ logged ``bpb`` / ``val_bpb``, ``avg_patch_size`` (about 4.5 for entropy patching
 ``overflow_frac`` (should stay ~0; raise ``model.patcher.max_patches`` if not) and ``mfu``.
 """
 
-import os
-
-from bltjax.config import BLTConfig, PatcherConfig, TransformerConfig
-from bltjax.data import DataConfig
-from bltjax.sharding import MeshConfig
-from bltjax.train_config import CheckpointConfig, OptimConfig, TrainConfig
+from bltjax.experiments_paper import paper_config
 
 
-def get_config() -> TrainConfig:
-    model = BLTConfig(
-        dim_local_encoder=1024, dim_local_decoder=1024, n_layers_local_encoder=1, n_layers_local_decoder=9,
-        n_heads_local_encoder=16, n_heads_local_decoder=16, dim_global=3072, n_layers_global=36,
-        n_heads_global=24, cross_attn_k=3, cross_attn_nheads=16,
-        encoder_hash_byte_group_size=(3, 4, 5, 6, 7, 8), encoder_hash_byte_group_vocab=500002,
-        local_attention_window_len=512, max_encoder_seq_length=16384, max_seqlen=4096,
-        patcher=PatcherConfig(mode="entropy", threshold=1.335442066192627, patch_size=4.5, max_patches=4096),
-        entropy_model=TransformerConfig(dim=768, n_layers=14, n_heads=12, sliding_window=512, max_seqlen=8192),
-        remat="full",
-    )
-    return TrainConfig(
-        name="blt_4b",
-        model=model,
-        data=DataConfig(source="tfds", tfds_name=os.environ.get("BLTJAX_TFDS_NAME", "fineweb_edu"),
-                        tfds_data_dir=os.environ.get("BLTJAX_DATA_DIR", ""), worker_count=4),
-        entropy_model_checkpoint=os.environ.get("BLTJAX_ENTROPY_MODEL", "entropy_model"),
-        optim=OptimConfig(lr=4e-4, warmup_steps=2000, schedule="cosine", lr_min_ratio=0.1, clip=1.0),
-        checkpoint=CheckpointConfig(every=1000, keep_latest=3, keep_every=10_000),
-        mesh=MeshConfig(ici_fsdp=-1, dcn_data=-1),
-        seq_len=16384,
-        global_batch_size=512,
-        steps=120000,
-        log_every=50,
-        eval_every=2000,
-        eval_batches=16,
-        precision="bfloat16",
-    )
+def get_config():
+    return paper_config("blt_4b")
