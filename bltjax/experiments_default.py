@@ -1,10 +1,11 @@
 """The default experiment: what ``python -m bltjax.train`` (no arguments) runs.
 
-A small BLT (about 1M parameters plus hash embeddings) trained for a few hundred steps on the
+A small BLT (0.7M parameters plus 1.05M of hash embeddings) trained for a few hundred steps on the
 embedded corpus (Python standard-library sources shipped with every Python; no download), static
-4-byte patches, float32, one CPU device or whatever JAX finds.  On a 2-core CPU it finishes in a few
-minutes and prints bits per byte falling from ~8 towards ~3; a validation pass on the held-out
-documents runs every 100 steps.  Workdir: ``./runs/default`` (run it again to resume; delete it to
+4-byte patches, float32, on whatever devices JAX finds.  On the 2-core build CPU the whole run took
+2.6 minutes (30 s of it compiling, ~0.35 s per step) and printed training bits per byte falling from
+8.6 to ~2.3 (noisy per batch); validation bits per byte on held-out stdlib files, every 100 steps:
+2.42, 1.86, 1.74.  Workdir: ``./runs/default`` (run it again to resume; delete it to
 start over).
 
     python -m bltjax.train

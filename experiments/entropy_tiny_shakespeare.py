@@ -41,10 +41,10 @@ def get_config() -> TrainConfig:
         checkpoint=CheckpointConfig(every=500, keep_latest=2),
         mesh=MeshConfig(),
         seq_len=512,
-        global_batch_size=16,
-        steps=2000,
+        global_batch_size=8,
+        steps=1000,
         log_every=50,
-        eval_every=500,
+        eval_every=250,
         eval_batches=4,
         precision="float32",
     )
