@@ -71,11 +71,12 @@ def test_sigkill_during_async_save_and_during_step_then_resume_is_identical(refe
     proc = run(train_cmd(workdir, killer=["--after-save-start", "6"]))
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert "KILL after starting the save of step 6" in proc.stdout
-    assert committed_steps(workdir) == [3]
-    # 2. restart (resumes from 3), killed right after dispatching its 5th step (step 8)
+    committed = committed_steps(workdir)
+    assert committed in ([3], [3, 6])  # [3, 6] only if the background write beat the kill (not seen so far)
+    # 2. restart (resumes from 3), killed right after dispatching its 5th step
     proc = run(train_cmd(workdir, killer=["--in-step", "5"]))
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    assert "resuming from step 3" in proc.stdout and "KILL during train step call 5" in proc.stdout
+    assert f"resuming from step {committed[-1]}" in proc.stdout and "KILL during train step call 5" in proc.stdout
     # 3. restart and finish
     proc = run(train_cmd(workdir))
     assert proc.returncode == 0, proc.stderr[-3000:]
