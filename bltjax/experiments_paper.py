@@ -5,6 +5,15 @@ window 512), hash n-grams 3..8 with 500002 rows, local window 512, rows of 16384
 patches), bf16 compute with fp32 master weights, AdamW 4e-4 (b2 0.95, wd 0.1, clip 1.0, 2000 warm-up
 steps, cosine to 10 %), FSDP inside a slice and data parallel across slices.  Environment:
 BLTJAX_TFDS_NAME / BLTJAX_DATA_DIR (training data), BLTJAX_ENTROPY_MODEL (entropy model checkpoint).
+
+Launch: run the same command on every host with a workdir all hosts can see (a gcsfuse / NFS mount;
+gs:// paths are not accepted as --workdir); ``launch/tpu_vm.sh`` and ``launch/slurm.sbatch`` wrap it.
+On GPU nodes add ``--set mesh.ici_tensor=8`` if memory demands tensor parallelism.
+
+Expected: not run as part of bltjax's tests (no accelerator pod here).  The paper reports these sizes
+reaching the bits per byte of a BPE Llama of equal training FLOPs at its compute-optimal budget; watch
+the logged ``bpb`` / ``val_bpb``, ``avg_patch_size`` (about 4.5 at the released threshold),
+``overflow_frac`` (should stay ~0; raise ``model.patcher.max_patches`` if not) and ``mfu``.
 """
 
 import os

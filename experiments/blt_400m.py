@@ -1,26 +1,15 @@
 """BLT 400M (paper Table 10 row, spec §12.1): local 768 wide (1 encoder / 7 decoder layers,
 12 heads), global 1280 wide x 24 layers (10 heads), cross-attention 12 heads with k=2
 (k*d_local = 1536 != 1280: the global input projection is on); hash n-grams 3..8 with 500002 rows, local window 512, RoPE theta 500000;
-entropy patching (threshold 1.335, the released value) with a frozen entropy model; bf16 compute with
-fp32 master weights, remat "dots", AdamW 4e-4 (b2 0.95, wd 0.1, clip 1.0, 2000 warm-up steps, cosine
-to 10 %), rows of 16384 bytes (<= 4096 patches), 256 rows per step (4 MiB of bytes).
+shared settings (entropy patching, bf16, AdamW, 16 KiB rows, mesh) are in bltjax/experiments_paper.py.
 
-Launch (TPU v5e-64 (one slice)); run the same command on every host, with a workdir on a filesystem
-all hosts share (a gcsfuse / NFS mount: gs:// paths are not accepted as --workdir):
+Launch on TPU v5e-64 (one slice):
 
-    export BLTJAX_DATA_DIR=/mnt/bucket/tfds            # a TFDS dataset built by bltjax.data.tfds_builder
-    export BLTJAX_ENTROPY_MODEL=/mnt/bucket/entropy_model  # release entropy_model/ dir or a bltjax entropy run
+    export BLTJAX_DATA_DIR=/mnt/bucket/tfds               # TFDS dataset (bltjax.data.tfds_builder)
+    export BLTJAX_ENTROPY_MODEL=/mnt/bucket/entropy_model  # release entropy_model/ or a bltjax entropy run
     python -m bltjax.train --config experiments/blt_400m.py --distributed --workdir /mnt/bucket/runs/blt_400m
 
-(launch/ has the queued-resource / xpk wrappers.)  Mesh: FSDP over the slice (``ici_fsdp=-1``), data
-parallel across slices (``dcn_data=-1``); on GPU nodes add ``--set mesh.ici_tensor=8`` for tensor
-parallelism inside a node if memory demands it.  Override anything with ``--set``, e.g.
-``--set data.tfds_name=fineweb_edu_10bt``.
-
-Expected: not run as part of bltjax's tests (no accelerator pod here).  The paper reports this size
-reaching the bits per byte of a BPE Llama of equal training FLOPs at its compute-optimal budget; use the
-logged ``bpb`` / ``val_bpb``, ``avg_patch_size`` (about 4.5 for entropy patching at this threshold),
-``overflow_frac`` (should stay ~0; raise ``model.patcher.max_patches`` if not) and ``mfu``.
+Expected: unmeasured here (no accelerator); see bltjax/experiments_paper.py for what to watch.
 """
 
 from bltjax.experiments_paper import paper_config
