@@ -71,11 +71,11 @@ from bltjax import patcher as patcher_lib
 from bltjax.config import BLTConfig, PatcherConfig, TransformerConfig
 from bltjax.model import entropy_model as em
 from bltjax.model import global_model, local_decoder, local_encoder
-from bltjax.model import attention as attn_lib
 from bltjax.model.attention import _NEG
 from bltjax.model.cross_attention import cross_attend
 from bltjax.model.layers import apply_rope, dtype_of, linear, rms_norm, rope_tables, swiglu
 from bltjax.model.transformer import StackSpec, layer
+from bltjax.model.transformer import block_with_kv as transformer_block_with_kv
 from bltjax.tokenizer import OFFSET
 
 NEWLINE_ID = em.NEWLINE_ID
@@ -134,20 +134,7 @@ def check_supported(cfg: BLTConfig) -> None:
 # ============================================================================ block pieces
 
 
-def block_kv(p: dict, x_btd: jax.Array, spec: StackSpec, rope: tuple[jax.Array, jax.Array],
-             doc_bt: Optional[jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``transformer.block`` that also returns the layer's (roped) keys and values [B, T, K, hd]."""
-    b, t, _ = x_btd.shape
-    hd = spec.head_dim
-    n1 = rms_norm(x_btd, p["attention_norm"], spec.norm_eps)
-    q = linear(n1, p["wq"]).reshape(b, t, spec.n_heads, hd)
-    k = linear(n1, p["wk"]).reshape(b, t, spec.n_kv_heads, hd)
-    v = linear(n1, p["wv"]).reshape(b, t, spec.n_kv_heads, hd)
-    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    a = attn_lib.self_attention(q, k, v, doc_bt=doc_bt, window=spec.window, impl=spec.attention_impl)
-    h = x_btd + linear(a.reshape(b, t, spec.n_heads * hd), p["wo"])
-    n2 = rms_norm(h, p["ffn_norm"], spec.norm_eps)
-    return h + swiglu(n2, p["w1"], p["w3"], p["w2"]), k, v
+block_kv = transformer_block_with_kv  # the training block, also returning its keys/values
 
 
 def stack_prefill(stack, x_btd: jax.Array, spec: StackSpec, rope, doc_bt) -> tuple:

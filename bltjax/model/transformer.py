@@ -63,9 +63,10 @@ def layer(stack: dict, i: int) -> dict:
     return jax.tree.map(lambda a: a[i], stack)
 
 
-def block(p: dict, x_btd: jax.Array, spec: StackSpec, rope: tuple[jax.Array, jax.Array],
-          doc_bt: Optional[jax.Array]) -> jax.Array:
-    """One transformer block; ``p`` holds a single layer's weights."""
+def block_with_kv(p: dict, x_btd: jax.Array, spec: StackSpec, rope: tuple[jax.Array, jax.Array],
+                  doc_bt: Optional[jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One transformer block (``p``: a single layer's weights); also returns its roped keys and values
+    ``[B, T, K, hd]`` (what the cached decoder keeps)."""
     b, t, _ = x_btd.shape
     hd = spec.head_dim
     n1 = rms_norm(x_btd, p["attention_norm"], spec.norm_eps)
@@ -76,7 +77,13 @@ def block(p: dict, x_btd: jax.Array, spec: StackSpec, rope: tuple[jax.Array, jax
     a = attn_lib.self_attention(q, k, v, doc_bt=doc_bt, window=spec.window, impl=spec.attention_impl)
     h = x_btd + linear(a.reshape(b, t, spec.n_heads * hd), p["wo"])
     n2 = rms_norm(h, p["ffn_norm"], spec.norm_eps)
-    return constrain(h + swiglu(n2, p["w1"], p["w3"], p["w2"]), ("batch", None, "act_embed"))
+    return constrain(h + swiglu(n2, p["w1"], p["w3"], p["w2"]), ("batch", None, "act_embed")), k, v
+
+
+def block(p: dict, x_btd: jax.Array, spec: StackSpec, rope: tuple[jax.Array, jax.Array],
+          doc_bt: Optional[jax.Array]) -> jax.Array:
+    """One transformer block; ``p`` holds a single layer's weights."""
+    return block_with_kv(p, x_btd, spec, rope, doc_bt)[0]
 
 
 def _remat(fn, policy: str):
@@ -112,4 +119,4 @@ def check_positions(t: int, max_len: int, what: str) -> None:
         raise ValueError(f"{what}: sequence of {t} exceeds the configured maximum {max_len}")
 
 
-__all__ = ["StackSpec", "init_stack", "layer", "block", "apply_stack", "positions_rope", "check_positions"]
+__all__ = ["StackSpec", "init_stack", "layer", "block", "block_with_kv", "apply_stack", "positions_rope", "check_positions"]
