@@ -191,4 +191,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from bltjax import hugepages
+
+    hugepages.reexec()  # the same process setting as the bltjax command-line tools
     sys.exit(main())

@@ -8,7 +8,9 @@ clip 1.0) on fp32 weights, median over ``--steps`` timed steps after ``--warmup`
 forward-only (logits) throughput.  Two differences from the official run, both in its favour:
 the official CPU path drops the 512-byte window and EOS masks (plain causal sdpa); bltjax keeps them
 (block-local windowed attention), and bltjax's cross-attention is exact per patch.
-Also reports XLA's FLOP count of the compiled step and the achieved GFLOP/s.
+Also reports XLA's FLOP count of the compiled step and the achieved GFLOP/s.  Like the bltjax command
+line tools, the script re-executes itself once with transparent huge pages for malloc
+(``bltjax/hugepages.py``; ``BLTJAX_HUGEPAGES=0`` measures without).
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ def main(argv=None) -> int:
         "speedup_vs_official_forward": (n_bytes / med_f) / statistics.mean(OFFICIAL["forward_bytes_per_s"]),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
                     "device": str(jax.devices()[0].device_kind)},
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "steps": args.steps, "warmup": args.warmup,
     }
     out = pathlib.Path(args.out)
@@ -123,4 +126,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from bltjax import hugepages
+
+    hugepages.reexec()  # the same process setting as the bltjax command-line tools
     sys.exit(main())

@@ -471,6 +471,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    from bltjax import hugepages
+
+    hugepages.reexec()
     sys.exit(main())
 
 

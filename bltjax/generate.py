@@ -593,4 +593,7 @@ __all__ = ["Model", "GenerationResult", "generate", "sample_tokens", "encode_sto
            "main"]
 
 if __name__ == "__main__":
+    from bltjax import hugepages
+
+    hugepages.reexec()
     sys.exit(main())

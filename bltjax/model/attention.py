@@ -74,11 +74,30 @@ def decoder_cross_mask(dpid_bn: jax.Array, n_patches: int, k: int, window: Optio
 # ------------------------------------------------------------------------------------------ kernels
 def dense_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
                     mask_bts: Optional[jax.Array]) -> jax.Array:
-    """Reference masked softmax attention (fp32 scores), GQA by head grouping."""
+    """Reference masked softmax attention (fp32 scores), GQA by head grouping; a row with no allowed
+    key returns 0, and masked keys never reach the output (even NaN ones)."""
+    return softmax_attention(q_btnh, k_bskh, v_bskh, mask_bts=mask_bts)
+
+
+def mask_bias(allowed_bts: jax.Array) -> jax.Array:
+    """Additive fp32 bias of a boolean mask: 0 where allowed, -1e30 elsewhere."""
+    return jnp.where(allowed_bts, 0.0, _NEG).astype(jnp.float32)
+
+
+def softmax_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
+                      bias_bts: Optional[jax.Array] = None, mask_bts: Optional[jax.Array] = None) -> jax.Array:
+    """softmax(q k^T / sqrt(h) + bias, masked) v with fp32 scores.
+
+    ``bias_bts`` (additive, see :func:`mask_bias`) is the fast form for self-attention, whose rows
+    always allow their diagonal: one fused add, where ``mask_bts`` (a select, plus zeroing rows with no
+    allowed key) costs several passes over the scores and their gradients.
+    """
     b, t, n, h = q_btnh.shape
     kv = k_bskh.shape[2]
     q = q_btnh.reshape(b, t, kv, n // kv, h)
     s = jnp.einsum("btgrh,bsgh->bgrts", q, k_bskh, preferred_element_type=jnp.float32) * (h ** -0.5)
+    if bias_bts is not None:
+        s = s + bias_bts[:, None, None]
     if mask_bts is not None:
         m = mask_bts[:, None, None]
         s = jnp.where(m, s, _NEG)
@@ -121,7 +140,7 @@ def _block_local_attention(q_btnh, k_btkh, v_btkh, doc_bt, window: int, block: i
         d_k = with_prev(d, fill=-1)
         allowed = allowed & (d[:, :, :, None] == d_k[:, :, None, :])
     flat = lambda x: x.reshape(b * nb, *x.shape[2:])
-    out = dense_attention(flat(q_b), flat(k2), flat(v2), flat(allowed))
+    out = softmax_attention(flat(q_b), flat(k2), flat(v2), mask_bias(flat(allowed)))
     return out.reshape(b, nb * block, n, h)[:, :t]
 
 
@@ -156,7 +175,7 @@ def self_attention(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, *,
     mask = local_mask(doc_bt, doc_bt, pos, pos, window)
     if mask.shape[0] != q_btnh.shape[0]:
         mask = jnp.broadcast_to(mask, (q_btnh.shape[0],) + mask.shape[1:])
-    return dense_attention(q_btnh, k_btkh, v_btkh, mask)
+    return softmax_attention(q_btnh, k_btkh, v_btkh, mask_bias(mask))
 
 
 def segment_ids(pid_bn: jax.Array, n_patches: int) -> jax.Array:

@@ -40,13 +40,17 @@ def rope_tables(positions_bt: jax.Array, head_dim: int, theta: float) -> tuple[j
 
 
 def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax.Array:
-    """Rotate pairs (x[2k], x[2k+1]) by the angle of frequency k (original Llama / complex form)."""
+    """Rotate pairs (x[2k], x[2k+1]) by the angle of frequency k (original Llama / complex form).
+
+    Written as ``x * cos + swap(x) * sin`` with ``swap(x)[2k], swap(x)[2k+1] = -x[2k+1], x[2k]`` (a
+    reverse within each pair): one elementwise pass, forward and backward, instead of a stack.
+    """
     x = x_btnh.astype(jnp.float32)
-    x_pairs = x.reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
-    x0, x1 = x_pairs[..., 0], x_pairs[..., 1]
-    cos, sin = cos_bth[:, :, None, :], sin_bth[:, :, None, :]
-    out = jnp.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
-    return out.reshape(x.shape).astype(x_btnh.dtype)
+    cos = jnp.repeat(cos_bth, 2, axis=-1)[:, :, None, :]
+    sin = jnp.repeat(sin_bth, 2, axis=-1)[:, :, None, :]
+    pairs = x.reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
+    swapped = (pairs[..., ::-1] * jnp.array([-1.0, 1.0], jnp.float32)).reshape(x.shape)
+    return (x * cos + swapped * sin).astype(x_btnh.dtype)
 
 
 def swiglu(x_btd: jax.Array, w1_df: jax.Array, w3_df: jax.Array, w2_fd: jax.Array) -> jax.Array:
