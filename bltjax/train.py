@@ -409,7 +409,8 @@ def compile_steps(steps, state, batch, entropy_params, with_eval: bool):
 
 
 def evaluate(cfg, eval_fn, params, entropy_params, mesh) -> dict[str, float]:
-    """Validation loss / bits per byte over up to ``eval_batches`` batches of the held-out split."""
+    """Validation loss / bits per byte over up to ``eval_batches`` batches of the held-out split, and
+    for a BLT the mean patch size and overflow fraction of the trainer's patching on that split."""
     import jax
 
     from bltjax import sharding
@@ -420,9 +421,13 @@ def evaluate(cfg, eval_fn, params, entropy_params, mesh) -> dict[str, float]:
         total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
     if total is None:
         return {}
-    ce, n = (float(v) for v in jax.device_get((total["ce_sum"], total["n_tokens"])))
-    n = max(n, 1.0)
-    return {"val_loss": ce / n, "val_bpb": ce / (math.log(2.0) * n), "val_tokens": n}
+    total = {k: float(v) for k, v in jax.device_get(total).items()}
+    ce, n = total["ce_sum"], max(total["n_tokens"], 1.0)
+    out = {"val_loss": ce / n, "val_bpb": ce / (math.log(2.0) * n), "val_tokens": n}
+    if "n_patches_sum" in total:
+        out["val_avg_patch_size"] = total["n_positions_sum"] / max(total["n_patches_sum"], 1.0)
+        out["val_overflow_frac"] = total["n_overflow_sum"] / max(total["n_rows_sum"], 1.0)
+    return out
 
 
 class RunLog:
@@ -587,7 +592,10 @@ def run(setup: Setup) -> int:
                     val = evaluate(cfg, eval_fn, state["params"], setup.entropy_params, mesh)
                     if val:
                         metrics_log.add_eval(step, val)
-                        log(f"eval step {step}: val_loss {val['val_loss']:.4f} | val_bpb {val['val_bpb']:.4f}")
+                        patches = (f" | val bytes/patch {val['val_avg_patch_size']:.3f}"
+                                   if "val_avg_patch_size" in val else "")
+                        log(f"eval step {step}: val_loss {val['val_loss']:.4f} | val_bpb {val['val_bpb']:.4f}"
+                            + patches)
                     metrics_log.restart_clock()
                 if stopping:
                     log(f"SIGTERM: saved step {step}, exiting")

@@ -197,10 +197,11 @@ def train_step(state: dict[str, Any], batch: Batch, entropy_params: Any, *, cfg:
 
 
 def eval_step(params: Any, batch: Batch, entropy_params: Any, *, cfg: TrainConfig) -> dict[str, jax.Array]:
-    """Sums over one validation batch: ``ce_sum`` (nats) and ``n_tokens`` (unmasked targets)."""
-    logits, _ = logits_fn(cfg)(params, batch, entropy_params)
+    """Sums over one validation batch: ``ce_sum`` (nats), ``n_tokens`` (unmasked targets) and, for a
+    BLT, the patch-statistic sums of ``patch_batch``."""
+    logits, stats = logits_fn(cfg)(params, batch, entropy_params)
     _, metrics = cross_entropy_loss(logits, batch["targets"], batch["mask"])
-    return {"ce_sum": metrics["ce_sum"], "n_tokens": metrics["n_tokens"]}
+    return {"ce_sum": metrics["ce_sum"], "n_tokens": metrics["n_tokens"], **stats}
 
 
 # ====================================================================== shardings and jit

@@ -243,3 +243,35 @@ def test_precompute_matches_live(model, tmp_path):
                        val_fraction=0.0, shuffle=False, entropies_path=meta["entropies_path"])
     ex = window_fn(cfg_e, "train", 32)(1)
     np.testing.assert_array_equal(ex["entropies"], pre.stream(32, 64))
+
+
+def test_calibrated_threshold_carries_over_to_training_patching_on_held_out_text(model):
+    """Calibrate on the first 90 % of a corpus with the training row length; the trainer's own
+    on-device patching (``train_step.patch_batch``: rows of seq_len bytes, first patch 1, next-byte
+    position) then gives the target mean patch size within 5 % on the other 10 %."""
+    import dataclasses
+
+    from bltjax import train_step
+    from bltjax.config import BLTConfig
+    from bltjax.data.embedded import generated_documents
+    from bltjax.train_config import TrainConfig
+
+    stream = b"".join(generated_documents(num_docs=300).docs)
+    cut = int(0.9 * len(stream))
+    seq_len, target = 128, 3.0
+    res = patching.calibrate_threshold(model, [stream[:cut]], target=target, sample_bytes=None,
+                                       seq_len=seq_len)
+    assert abs(res.bytes_per_patch / target - 1) < 0.02
+    held_out = np.frombuffer(stream[cut:], np.uint8).astype(np.int32) + 4  # byte b -> token b + 4
+    rows = jnp.asarray(held_out[: len(held_out) // seq_len * seq_len].reshape(-1, seq_len))
+    assert rows.shape[0] >= 20
+
+    def training_size(threshold: float) -> float:
+        pcfg = dataclasses.replace(model.patcher, mode="entropy", threshold=threshold, max_patches=seq_len + 1)
+        cfg = TrainConfig(model=BLTConfig(entropy_model=model.config, patcher=pcfg, max_seqlen=seq_len + 1),
+                          seq_len=seq_len, global_batch_size=1)
+        _, stats = train_step.patch_batch(cfg, rows, model.params)
+        return float(stats["n_positions_sum"] / stats["n_patches_sum"])
+
+    assert abs(training_size(res.threshold) / target - 1) < 0.05
+    assert abs(training_size(res.threshold * 1.1) / target - 1) > 0.05  # the threshold is what matters

@@ -8,6 +8,7 @@ multi-process equivalence in test_train_distributed.py.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import pathlib
@@ -82,6 +83,7 @@ def test_tiny_run_learns_logs_and_checkpoints(learned_run):
     evals = {r["step"]: r for r in records if "val_bpb" in r}
     assert sorted(evals) == [8, 16]
     assert evals[16]["val_bpb"] < evals[8]["val_bpb"] < 8.5
+    assert evals[16]["val_avg_patch_size"] == pytest.approx(65 / 17) and evals[16]["val_overflow_frac"] == 0.0
     assert (learned_run / "tensorboard").is_dir()
     cfg = json.loads((learned_run / "config.json").read_text())
     assert cfg["steps"] == 16 and cfg["mesh"]["ici_fsdp"] == 8
@@ -161,16 +163,23 @@ def test_entropy_model_run_feeds_entropy_patching(tmp_path):
     threshold = float(np.median(np.asarray(entropies)))
     code = train.main(["--config", TINY, "--workdir", str(blt_dir), *MESH_8,
                        *sets(steps=3, model__patcher__mode="entropy", model__patcher__threshold=threshold,
-                             model__patcher__max_patches=65, entropy_model_checkpoint=str(ent_dir))])
+                             model__patcher__max_patches=65, entropy_model_checkpoint=str(ent_dir),
+                             eval_every=3, eval_batches=2)])
     assert code == 0
     recs = read_jsonl(blt_dir / "metrics.jsonl")
-    assert [r["step"] for r in recs] == [1, 2, 3]
+    assert [r["step"] for r in recs if "loss" in r] == [1, 2, 3]
     blt_cfg = config_from_dict(json.loads((blt_dir / "config.json").read_text()))
     assert blt_cfg.model.entropy_model == ent_cfg.model.entropy_model  # filled in from the checkpoint
     _, stats = train_step.patch_batch(blt_cfg, tokens, ent_params)
     expected = float(stats["n_positions_sum"] / stats["n_patches_sum"])
     assert 1.5 < expected < 4 and recs[0]["overflow_frac"] == 0.0
     assert recs[0]["avg_patch_size"] == pytest.approx(expected, rel=1e-5)
+    # the eval reports the same statistic on the held-out split (the calibration check of the README)
+    val_stats = [train_step.patch_batch(blt_cfg, jnp.asarray(b["tokens"]), ent_params)[1]
+                 for b in itertools.islice(train.make_data_iterator(blt_cfg, split="validation"), 2)]
+    val_expected = sum(float(s["n_positions_sum"]) for s in val_stats) / sum(float(s["n_patches_sum"]) for s in val_stats)
+    val_rec = [r for r in recs if "val_bpb" in r][-1]
+    assert val_rec["val_avg_patch_size"] == pytest.approx(val_expected, rel=1e-5)
 
 
 # ====================================================================== NaN / inf
