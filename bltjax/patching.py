@@ -104,6 +104,9 @@ def open_checkpoint(path: str | pathlib.Path) -> LoadedCheckpoint:
     p = pathlib.Path(path).expanduser()
     if not p.exists():
         raise ValueError(f"checkpoint {str(path)!r} does not exist")
+    run = _entropy_training_run(p)
+    if run is not None:
+        return run
     try:
         pre = load_pretrained(str(p))
     except (ValueError, FileNotFoundError):
@@ -131,6 +134,19 @@ def open_checkpoint(path: str | pathlib.Path) -> LoadedCheckpoint:
         pcfg = PatcherConfig()
     return LoadedCheckpoint(path=str(p), config=cfg, params=params, entropy_config=ecfg,
                             entropy_params=ent_params, patcher=pcfg)
+
+
+def _entropy_training_run(path: pathlib.Path) -> Optional[LoadedCheckpoint]:
+    """The newest checkpoint of a ``bltjax.train`` workdir that trained an entropy model, else None."""
+    from bltjax.train import CHECKPOINT_SUBDIR, load_run
+
+    if not ((path / "config.json").is_file() and (path / CHECKPOINT_SUBDIR).is_dir()):
+        return None
+    tcfg, params, _ = load_run(path)
+    if not tcfg.train_entropy_model:
+        return None
+    return LoadedCheckpoint(path=str(path), config=None, params=None, entropy_config=tcfg.model.entropy_model,
+                            entropy_params=params, patcher=tcfg.model.patcher)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

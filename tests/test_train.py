@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import train, train_step
+from bltjax import patching, train, train_step
 from bltjax.metrics import read_jsonl
 from bltjax.model import entropy_model
 from bltjax.train_config import TrainConfig, config_from_dict, load_config
@@ -157,6 +157,10 @@ def test_entropy_model_run_feeds_entropy_patching(tmp_path):
     # threshold = median entropy of the first batch under the trained entropy model: about half the
     # positions start a patch; the trainer's patching must agree with a host-side recomputation
     ent_cfg, ent_params, _ = train.load_run(ent_dir)
+    # the patching / eval tools open the same workdir as an entropy model (--entropy-model DIR)
+    tool_model = patching.load_entropy_model(ent_dir)
+    assert tool_model.config == ent_cfg.model.entropy_model
+    jax.tree.map(np.testing.assert_array_equal, tool_model.params, ent_params)
     tokens = jnp.asarray(next(train.make_data_iterator(ent_cfg))["tokens"])
     pcfg = dataclasses.replace(ent_cfg.model.patcher, mode="entropy", threshold=1.0)
     entropies = entropy_model.compute_entropies(ent_params, ent_cfg.model.entropy_model, pcfg, tokens)
