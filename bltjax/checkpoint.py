@@ -65,11 +65,14 @@ class CheckpointManager:
       keep_every: ...plus every step that is a multiple of ``keep_every`` (permanent checkpoints).
       async_save: write in a background thread; ``save`` returns once arrays are copied to host.
       metadata: default JSON metadata saved with every step (``save(metadata=...)`` overrides it).
+      read_only: for readers of a directory that a training run may be writing (eval, patching tools,
+        a frozen entropy model): Orbax temporary directories are left alone and unusable steps are
+        only skipped, never moved aside; ``save`` raises.
     """
 
     def __init__(self, directory: Any, *, save_every: int, keep_latest: int,
                  keep_every: Optional[int] = None, async_save: bool = True,
-                 metadata: Optional[dict] = None):
+                 metadata: Optional[dict] = None, read_only: bool = False):
         if save_every < 1:
             raise ValueError(f"save_every must be >= 1, got {save_every}")
         if keep_latest < 1:
@@ -77,6 +80,7 @@ class CheckpointManager:
         if keep_every is not None and keep_every < 1:
             raise ValueError(f"keep_every must be >= 1 or None, got {keep_every}")
         self.directory = _as_path(directory)
+        self.read_only = bool(read_only)
         self._default_metadata = dict(metadata or {})
         keep: list[Any] = [ocm.LatestN(keep_latest)]
         if keep_every is not None:
@@ -86,8 +90,9 @@ class CheckpointManager:
                 [ocm.FixedIntervalPolicy(save_every), ocm.PreemptionCheckpointingPolicy()]),
             preservation_policy=ocm.AnyPreservationPolicy(keep),
             enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
-            create=True,
+            cleanup_tmp_directories=not read_only,
+            create=not read_only,
+            read_only=read_only,
         )
         self._mngr = ocp.CheckpointManager(self.directory, options=options)
 
@@ -130,6 +135,8 @@ class CheckpointManager:
 
         Returns whether a save was started.  Must be called on every process.
         """
+        if self.read_only:
+            raise RuntimeError(f"checkpoint directory {self.directory} was opened read-only")
         items: dict[str, Any] = {
             STATE: ocp.args.StandardSave(state),
             METADATA: ocp.args.JsonSave(dict(self._default_metadata if metadata is None else metadata)),
@@ -204,8 +211,9 @@ class CheckpointManager:
         return step, restored[STATE], dict(restored[METADATA] or {})
 
     def _quarantine(self, steps: list[int]) -> None:
-        """Move bad step directories aside so the step numbers can be saved again."""
-        if not steps:
+        """Move bad step directories aside so the step numbers can be saved again (not when read-only:
+        a step that looks incomplete to a reader may be one the writer is still saving)."""
+        if not steps or self.read_only:
             return
         if jax.process_index() == 0:
             stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -270,7 +270,7 @@ def load_run(workdir: str | os.PathLike, step: Optional[int] = None, mesh: Any =
     with jax.set_mesh(mesh):
         abstract = make_steps(cfg, mesh).abstract_state
         mngr = CheckpointManager(workdir / CHECKPOINT_SUBDIR, save_every=1, keep_latest=1_000_000,
-                                 async_save=False)
+                                 async_save=False, read_only=True)  # the run may still be writing
         try:
             got_step, state, _ = mngr.restore(step, abstract_state=abstract)
         finally:

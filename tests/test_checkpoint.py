@@ -240,3 +240,21 @@ def test_save_and_load_params(tmp_path, mesh222):
     assert meta == {} and list(loaded) == ["x"]
     with pytest.raises(FileNotFoundError):
         load_params(tmp_path / "nothing")
+
+
+def test_read_only_reader_leaves_a_writers_files_alone(tmp_path, mesh222):
+    """A reader (eval, patching tools) opening a directory that a run is saving into: an in-flight
+    Orbax tmp directory and an uncommitted step survive, the newest committed step is restored."""
+    _save_steps(tmp_path, [1, 2], mesh222)
+    shutil.copytree(tmp_path / "2", tmp_path / "3.orbax-checkpoint-tmp-1234567890")
+    shutil.copytree(tmp_path / "2", tmp_path / "4")
+    _remove_marker(str(tmp_path / "4"))
+    with CheckpointManager(tmp_path, save_every=1, keep_latest=10, read_only=True) as m:
+        with pytest.warns(CheckpointCorruptionWarning, match="step 4 .* is skipped"):
+            step, state, _ = m.restore(abstract_state=_abstract(mesh222))
+        assert step == 2
+        _assert_state(state, 2, mesh222)
+        with pytest.raises(RuntimeError, match="read-only"):
+            m.save(5, _state(5, mesh222))
+    assert (tmp_path / "3.orbax-checkpoint-tmp-1234567890").is_dir() and (tmp_path / "4").is_dir()
+    assert not glob.glob(str(tmp_path / "4.corrupt-*"))
