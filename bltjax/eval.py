@@ -292,11 +292,10 @@ def evaluate(ck: LoadedCheckpoint, files: Sequence[tuple[str, Sequence[bytes]]],
         xs.append(x), ys.append(y), nxs.append(n_x), owner.append(np.full(len(x), k))
     x_all, y_all, nx_all, own = (np.concatenate(a) for a in (xs, ys, nxs, owner))
     sums = np.zeros((len(files), 5), np.float64)  # ce, n_targets, n_tokens, n_patches, overflow
-    from tqdm.auto import tqdm
+    from bltjax.metrics import progress_bar
 
     rows = len(x_all)
-    with tqdm(total=rows, desc=f"eval ({kind})", unit="window", disable=not progress, file=sys.stderr,
-              leave=False) as bar:
+    with progress_bar(total=rows, desc=f"eval ({kind})", unit="window", enabled=progress) as bar:
         for lo in range(0, rows, batch):
             hi = min(lo + batch, rows)
             pad = batch - (hi - lo)

@@ -277,9 +277,9 @@ def _entropies_jit(params, ecfg: TransformerConfig, ctx: PatcherConfig, tokens_b
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from bltjax.metrics import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="row", disable=not enabled, leave=False, file=sys.stderr)
+    return progress_bar(total=total, desc=desc, unit="row", enabled=enabled)
 
 
 def row_entropies(model: EntropyModel, tokens_rn: np.ndarray, *, batch_size: int = 8,
@@ -749,10 +749,9 @@ def precompute_entropies(model: EntropyModel | str | pathlib.Path, data, out_dir
             rows.clear()
             targets.clear()
 
-        from tqdm.auto import tqdm
+        from bltjax.metrics import progress_bar
 
-        for d in tqdm(range(n_docs), desc=f"entropies ({split})", unit="doc", disable=not progress,
-                      file=sys.stderr, leave=False):
+        for d in progress_bar(range(n_docs), desc=f"entropies ({split})", unit="doc", enabled=progress):
             doc = source[d]
             digest.update(len(doc).to_bytes(8, "little"))
             digest.update(doc)
