@@ -19,6 +19,7 @@ back to the previous good step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -55,6 +56,18 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+@contextlib.contextmanager
+def _absl_warnings_muted(mute: bool):
+    logger = logging.getLogger("absl")
+    level = logger.level
+    if mute:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 class CheckpointManager:
     """Periodic, async, multi-host checkpoints of a train state (+ Grain iterator + JSON metadata).
 
@@ -85,16 +98,17 @@ class CheckpointManager:
         keep: list[Any] = [ocm.LatestN(keep_latest)]
         if keep_every is not None:
             keep.append(ocm.EveryNSteps(keep_every))
-        options = ocp.CheckpointManagerOptions(
-            save_decision_policy=ocm.AnySavePolicy(
-                [ocm.FixedIntervalPolicy(save_every), ocm.PreemptionCheckpointingPolicy()]),
-            preservation_policy=ocm.AnyPreservationPolicy(keep),
-            enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=not read_only,
-            create=not read_only,
-            read_only=read_only,
-        )
-        self._mngr = ocp.CheckpointManager(self.directory, options=options)
+        with _absl_warnings_muted(read_only):  # Orbax warns that read-only mode does not save
+            options = ocp.CheckpointManagerOptions(
+                save_decision_policy=ocm.AnySavePolicy(
+                    [ocm.FixedIntervalPolicy(save_every), ocm.PreemptionCheckpointingPolicy()]),
+                preservation_policy=ocm.AnyPreservationPolicy(keep),
+                enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=not read_only,
+                create=not read_only,
+                read_only=read_only,
+            )
+            self._mngr = ocp.CheckpointManager(self.directory, options=options)
 
     # ------------------------------------------------------------------ queries
     def _step_dir(self, step: int) -> epath.Path:

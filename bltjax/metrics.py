@@ -381,13 +381,6 @@ class ConsoleProgress:
             self._tqdm = None
 
 
-__all__ = [
-    "PEAK_BF16_FLOPS", "CPU_FLOPS_PER_CORE", "ENV_PEAK_FLOPS", "measure_matmul_flops", "peak_flops_for_kind",
-    "peak_flops_per_device", "mfu", "train_flops_per_step", "Throughput", "to_scalars", "MetricsWriter", "read_jsonl",
-    "format_duration", "format_progress", "ConsoleProgress",
-]
-
-
 def progress_bar(iterable=None, *, total: Optional[int] = None, desc: str, unit: str, enabled: bool = True):
     """A tqdm bar on stderr for the command-line tools: redrawn at most every 30 s when stderr is not
     a terminal, so logs of long runs get a few progress lines instead of thousands of redraws."""
@@ -396,3 +389,11 @@ def progress_bar(iterable=None, *, total: Optional[int] = None, desc: str, unit:
     tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled, leave=False, file=sys.stderr,
                 mininterval=0.1 if tty else 30.0)
+
+
+__all__ = [
+    "PEAK_BF16_FLOPS", "CPU_FLOPS_PER_CORE", "ENV_PEAK_FLOPS", "measure_matmul_flops", "peak_flops_for_kind",
+    "peak_flops_per_device", "mfu", "train_flops_per_step", "Throughput", "to_scalars", "MetricsWriter", "read_jsonl",
+    "format_duration", "format_progress", "ConsoleProgress", "progress_bar",
+]
+
