@@ -16,6 +16,7 @@ line tools, the script re-executes itself once with transparent huge pages for m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -23,6 +24,7 @@ import platform
 import statistics
 import sys
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +54,38 @@ def timed(fn, steps: int, warmup: int) -> list[float]:
     return out
 
 
+@dataclasses.dataclass
+class Spec19:
+    """The spec §19 model and optimizer with a fixed random batch; run it under ``jax.set_mesh(mesh)``."""
+
+    cfg: TrainConfig
+    mesh: Any
+    steps: Any
+    batch: dict
+    state: dict
+
+    def train_once(self) -> jax.Array:
+        self.state, metrics = self.steps.train(self.state, self.batch, None)
+        return metrics["loss"]
+
+
+def spec19_setup(batch: int = 4, seq_len: int = 1024, precision: str = "float32") -> Spec19:
+    """Batch ``batch`` x ``seq_len`` random bytes (BOS at 0), static patches [1, 4, 4, ...], AdamW."""
+    model = spec19_blt_config(patcher=PatcherConfig(mode="static", patch_size=4, threshold=None))
+    cfg = TrainConfig(model=model, seq_len=seq_len, global_batch_size=batch, steps=1000,
+                      precision=precision, optim=OptimConfig(lr=4e-4, warmup_steps=2), tensorboard=False)
+    mesh = sharding.make_mesh(sharding.MeshConfig(ici_fsdp=1), devices=jax.devices()[:1])
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(4, 260, size=(batch, seq_len + 1)).astype(np.int32)
+    tokens[:, 0] = 1
+    data = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:], "mask": np.ones_like(tokens[:, 1:], bool),
+            "segment_ids": np.zeros_like(tokens[:, 1:])}
+    with jax.set_mesh(mesh):
+        steps = train_step.make_steps(cfg, mesh)
+        return Spec19(cfg=cfg, mesh=mesh, steps=steps, batch=jax.device_put(data),
+                      state=steps.init(jax.random.key(0)))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=12)
@@ -62,42 +96,26 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "train_step.json"))
     args = ap.parse_args(argv)
 
-    model = spec19_blt_config(patcher=PatcherConfig(mode="static", patch_size=4, threshold=None))
-    cfg = TrainConfig(model=model, seq_len=args.seq_len, global_batch_size=args.batch, steps=1000,
-                      precision=args.precision, optim=OptimConfig(lr=4e-4, warmup_steps=2), tensorboard=False)
-    mesh = sharding.make_mesh(sharding.MeshConfig(ici_fsdp=1), devices=jax.devices()[:1])
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(4, 260, size=(args.batch, args.seq_len + 1)).astype(np.int32)
-    tokens[:, 0] = 1
-    batch = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:], "mask": np.ones_like(tokens[:, 1:], bool),
-             "segment_ids": np.zeros_like(tokens[:, 1:])}
+    setup = spec19_setup(args.batch, args.seq_len, args.precision)
+    batch = setup.batch
     n_bytes = args.batch * args.seq_len
-    with jax.set_mesh(mesh):
-        steps = train_step.make_steps(cfg, mesh)
-        state = steps.init(jax.random.key(0))
-        batch = jax.device_put(batch)
-        train_flops = flops_of(steps.train, state, batch, None)
-        box = {"state": state}
-
-        def one_train():
-            box["state"], metrics = steps.train(box["state"], batch, None)
-            return metrics["loss"]
-
+    with jax.set_mesh(setup.mesh):
+        train_flops = flops_of(setup.steps.train, setup.state, batch, None)
         t0 = time.perf_counter()
-        one_train()
+        jax.block_until_ready(setup.train_once())
         first = time.perf_counter() - t0
-        train_times = timed(one_train, args.steps, args.warmup)
+        train_times = timed(setup.train_once, args.steps, args.warmup)
 
-        resolved = cfg.resolved_model()
+        resolved = setup.cfg.resolved_model()
         lengths = jnp.asarray([[1] + [4] * (args.seq_len // 4)] * args.batch, jnp.int32)
         fwd = jax.jit(lambda p, t, l: blt.forward(p, resolved, t, l))
-        fwd_flops = flops_of(fwd, box["state"]["params"], batch["tokens"], lengths)
-        fwd_times = timed(lambda: fwd(box["state"]["params"], batch["tokens"], lengths), args.steps, args.warmup)
+        fwd_flops = flops_of(fwd, setup.state["params"], batch["tokens"], lengths)
+        fwd_times = timed(lambda: fwd(setup.state["params"], batch["tokens"], lengths), args.steps, args.warmup)
 
     med_t, med_f = statistics.median(train_times), statistics.median(fwd_times)
     result = {
         "config": "spec §19: 27.6M params, batch 4 x 1024 bytes, static patches of 4",
-        "params": int(sum(x.size for x in jax.tree.leaves(box["state"]["params"]))),
+        "params": int(sum(x.size for x in jax.tree.leaves(setup.state["params"]))),
         "precision": args.precision,
         "train_step_s_median": med_t, "train_step_s_min": min(train_times),
         "train_bytes_per_s": n_bytes / med_t,
