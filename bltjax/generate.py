@@ -216,16 +216,16 @@ def _cached_decode(params, eparams, state, ls, knobs, key, n_steps, *, cfg: BLTC
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def naive_logits(params, eparams, tokens_bt, length_b, *, cfg: BLTConfig):
     """Reference next-byte logits ``[B, V]`` of right-padded rows (``length_b`` real tokens each):
-    entropies of the whole row, patching with the virtual next byte, full forward, logits of the last
-    real byte.  The padding bytes are appended to the last patch so rows sum to ``N + 1``."""
+    entropies of the whole row, patching as in training (``patcher.model_patch_lengths``: the virtual
+    next byte included, static mode as ``[1, ps, ps, ...]``), full forward, logits of the last real
+    byte.  The padding bytes are appended to the last patch so rows sum to ``N + 1``."""
     pc = cfg.patcher
     b, n = tokens_bt.shape
     ent = None
     if pc.mode == "entropy":
         ent = em.compute_entropies(eparams, cfg.entropy_model, pc, tokens_bt, attention_impl=cfg.attention_impl)
-    lengths, _ = patcher_lib.patch_lengths(pc, tokens_bt, ent, include_next_token=True,
-                                           max_patches=min(n + 1, cfg.max_seqlen + 1),
-                                           lengths_b=length_b)
+    lengths, _ = patcher_lib.model_patch_lengths(pc, tokens_bt, ent, max_patches=min(n + 1, cfg.max_seqlen + 1),
+                                                 lengths_b=length_b)
     rows = jnp.arange(b)
     last_col = jnp.sum(lengths > 0, axis=1) - 1
     lengths = lengths.at[rows, last_col].add(n - length_b)

@@ -237,6 +237,40 @@ def patch_lengths(
     return lengths_bp, overflow_b
 
 
+def static_training_starts(n: int, patch_size: int) -> jnp.ndarray:
+    """Start flags ``bool [N+1]`` of ``[1, ps, ps, ..., rest]``: position 0, then 1, 1+ps, 1+2ps..."""
+    idx = jnp.arange(n + 1)
+    return (idx == 0) | ((idx >= 1) & ((idx - 1) % patch_size == 0))
+
+
+def model_start_mask(pcfg: PatcherConfig, tokens_bn: jnp.ndarray, entropies_bn: Optional[jnp.ndarray] = None,
+                     *, lengths_b: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+    """Patch starts over positions ``0..N`` as a BLT is trained and decoded: the virtual next byte
+    included and a first patch of one byte (the decoder reads patch ``P(i+1) - 1`` for byte ``i``, so a
+    longer first patch would show byte 0 the bytes after it).  ``static`` mode therefore uses the data
+    loader's ``[1, ps, ps, ...]`` (spec §15.5) instead of the official patcher's ``[ps, ps, ...]``; the
+    other modes are ``patch_start_mask(include_next_token=True)``, which starts at 0 and 1 already."""
+    if pcfg.mode != "static":
+        return patch_start_mask(pcfg, tokens_bn, entropies_bn, include_next_token=True, lengths_b=lengths_b)
+    b, n = jnp.asarray(tokens_bn).shape
+    in_row = jnp.arange(n + 1)[None, :] <= _row_lengths(jnp.asarray(tokens_bn), lengths_b)[:, None]
+    return static_training_starts(n, int(pcfg.patch_size))[None, :] & in_row
+
+
+def model_patch_lengths(pcfg: PatcherConfig, tokens_bn: jnp.ndarray, entropies_bn: Optional[jnp.ndarray] = None,
+                        *, max_patches: Optional[int] = None,
+                        lengths_b: Optional[jnp.ndarray] = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Lengths ``int32 [B, P]`` (rows sum to ``S + 1``) and overflow ``bool [B]`` of
+    :func:`model_start_mask`, padded or truncated to ``P`` as in :func:`patch_lengths`."""
+    tokens_bn = jnp.asarray(tokens_bn)
+    n = tokens_bn.shape[1]
+    p = max_patches if max_patches is not None else (pcfg.max_patches or n + 1)
+    starts = model_start_mask(pcfg, tokens_bn, entropies_bn, lengths_b=lengths_b)
+    total_b = _row_lengths(tokens_bn, lengths_b) + 1
+    lengths_bp, _, overflow_b = lengths_from_starts(starts, total_b, int(p), pcfg.max_patch_length)
+    return lengths_bp, overflow_b
+
+
 # --------------------------------------------------------------------------- patch ids
 
 

@@ -216,21 +216,10 @@ class Pretrained:
             fn = self._fn("lengths_e", lambda: jax.jit(lambda t, e, nb: patcher.patch_lengths(
                 pcfg, t, e, include_next_token=True, lengths_b=nb)[0]))
             out = fn(jnp.asarray(toks_p), ent, jnp.asarray(n_b))
-        elif self.patching_mode == "static":
-            # the model needs a 1-byte BOS patch first (decoder off-by-one): [1, ps, ps, ..., rest],
-            # the data-loader convention bltjax.train uses, not the official patcher's [ps, ps, ...]
-            from bltjax.train_step import static_training_starts
-
-            def static_lengths(t, nb):
-                n = t.shape[1]
-                starts = static_training_starts(n, int(pcfg.patch_size))[None] & (
-                    jnp.arange(n + 1)[None] <= nb[:, None])
-                return patcher.lengths_from_starts(starts, nb + 1, n + 1, pcfg.max_patch_length)[0]
-
-            out = self._fn("lengths_s", lambda: jax.jit(static_lengths))(jnp.asarray(toks_p), jnp.asarray(n_b))
-        else:
-            fn = self._fn("lengths", lambda: jax.jit(lambda t, nb: patcher.patch_lengths(
-                pcfg, t, include_next_token=True, lengths_b=nb)[0]))
+        else:  # static: the training layout [1, ps, ps, ..., rest] (patcher.model_start_mask), never cut
+            static = self.patching_mode == "static"
+            fn = self._fn("lengths", lambda: jax.jit(lambda t, nb: patcher.model_patch_lengths(
+                pcfg, t, lengths_b=nb, max_patches=t.shape[1] + 1 if static else None)[0]))
             out = fn(jnp.asarray(toks_p), jnp.asarray(n_b))
         out = patcher.trim_lengths(np.asarray(out)).astype(np.int32)
         if self.hf_convention:

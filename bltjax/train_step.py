@@ -63,23 +63,10 @@ def max_patches_for(model: BLTConfig, seq_len: int) -> int:
     return max(2, min(n + 1, -(-2 * n // max(1, int(pcfg.patch_size))) + 2, cap))
 
 
-def static_training_starts(n: int, patch_size: int) -> jax.Array:
-    """Start flags ``bool [N+1]`` of ``[1, ps, ps, ..., rest]``: position 0, then 1, 1+ps, 1+2ps..."""
-    idx = jnp.arange(n + 1)
-    return (idx == 0) | ((idx >= 1) & ((idx - 1) % patch_size == 0))
-
-
 def training_patch_lengths(pcfg: PatcherConfig, tokens_bn: jax.Array, entropies_bn: Optional[jax.Array],
                            max_patches: int) -> tuple[jax.Array, jax.Array]:
     """Patch lengths ``int32 [B, max_patches]`` (rows sum to ``N + 1``, first patch 1) and overflow ``[B]``."""
-    b, n = tokens_bn.shape
-    if pcfg.mode == "static":
-        starts = jnp.broadcast_to(static_training_starts(n, int(pcfg.patch_size))[None], (b, n + 1))
-        lengths, _, overflow = patcher.lengths_from_starts(starts, jnp.full((b,), n + 1, jnp.int32),
-                                                           max_patches, pcfg.max_patch_length)
-        return lengths, overflow
-    return patcher.patch_lengths(pcfg, tokens_bn, entropies_bn, include_next_token=True,
-                                 max_patches=max_patches)
+    return patcher.model_patch_lengths(pcfg, tokens_bn, entropies_bn, max_patches=max_patches)
 
 
 def patch_batch(cfg: TrainConfig, tokens_bn: jax.Array, entropy_params: Any = None,
@@ -255,7 +242,7 @@ def make_steps(cfg: TrainConfig, mesh: Mesh, entropy_params_abstract: Any = None
 
 
 __all__ = [
-    "max_patches_for", "static_training_starts", "training_patch_lengths", "patch_batch", "logits_fn",
+    "max_patches_for", "training_patch_lengths", "patch_batch", "logits_fn",
     "make_loss_fn", "summarize", "init_params", "init_state", "train_step", "eval_step", "state_shardings",
     "with_shardings", "Steps", "make_steps",
 ]

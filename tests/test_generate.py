@@ -22,6 +22,7 @@ import pytest
 
 import bltjax
 from bltjax import patcher as patcher_lib
+from bltjax import train_step
 from bltjax import tokenizer as tok_lib
 from bltjax.config import PatcherConfig, TransformerConfig, tiny_blt_config
 from bltjax.generate import GenerationResult, Model, encode_stops, generate, main, sample_tokens
@@ -165,15 +166,15 @@ def _check_patching(random_model, prompt_ids, generated) -> None:
     PatcherConfig(mode="static", threshold=None, patch_size=3),
 ], ids=lambda p: f"{p.mode}-m{p.monotonicity}-a{p.threshold_add}-L{p.max_patch_length}")
 def test_incremental_rule_equals_patcher(pcfg):
-    """start(j) decided byte by byte (decode.next_start) == the whole-sequence patcher, incl. the
-    virtual next position, on random bytes with specials and random entropies."""
+    """start(j) decided byte by byte (decode.next_start) == the whole-sequence patcher in the model
+    layout (virtual next position, static as [1, ps, ...]), on random bytes with specials and random
+    entropies."""
     rng = np.random.default_rng(0)
     n = 60
     toks = rng.choice(np.r_[np.arange(4, 260), [4 + 32] * 40, [1, 2, 3]], size=n).astype(np.int32)
     toks[0] = tok_lib.BOS_ID
     ent = rng.uniform(0.0, 2.0, size=n).astype(np.float32)
-    rule = patcher_lib.patch_start_mask(pcfg, jnp.asarray(toks)[None], jnp.asarray(ent)[None],
-                                        include_next_token=True)
+    rule = patcher_lib.model_start_mask(pcfg, jnp.asarray(toks)[None], jnp.asarray(ent)[None])
     lengths, _, _ = patcher_lib.lengths_from_starts(rule, jnp.array([n + 1]), n + 1, pcfg.max_patch_length)
     expected = np.zeros(n + 1, bool)
     expected[np.cumsum(np.asarray(lengths)[0])[:-1][np.asarray(lengths)[0][1:] > 0]] = True
@@ -185,6 +186,26 @@ def test_incremental_rule_equals_patcher(pcfg):
         s, orig = decode.next_start(pcfg, jnp.int32(j), orig, h1, h2, jnp.int32(t1), jnp.int32(t2))
         got.append(bool(s))
     np.testing.assert_array_equal(np.array(got), expected)
+
+
+@pytest.mark.slow
+def test_static_model_generates_with_its_training_patches(random_model):
+    """A static-patch BLT (like experiments/tiny_shakespeare.py) decodes with the layout it was trained
+    on: cached == naive, and the naive next-byte logits are the training forward's logits."""
+    cfg = dataclasses.replace(random_model.config, patcher=PatcherConfig(mode="static", threshold=None,
+                                                                         patch_size=3), entropy_model=None)
+    model = Model(cfg, random_model.params, None)
+    prompts = ["Hello wörld", "ab"]
+    kw = dict(RKW, max_new_bytes=24)
+    cached = generate(model, prompts, **kw)
+    _assert_same(cached, generate(model, prompts, method="naive", **kw))
+    tokens = np.concatenate([tok_lib.encode(prompts[0]), cached[0].tokens])[None]
+    n = tokens.shape[1]
+    lengths, _ = train_step.training_patch_lengths(cfg.patcher, jnp.asarray(tokens), None, n + 1)
+    assert np.asarray(lengths)[0, :3].tolist() == [1, 3, 3]
+    train_logits = np.asarray(blt.forward(model.params, cfg, jnp.asarray(tokens), lengths))[0]
+    prompt_len = len(tok_lib.encode(prompts[0]))
+    np.testing.assert_allclose(cached[0].logits, train_logits[prompt_len - 1:n - 1], atol=ATOL, rtol=ATOL)
 
 
 def test_unsupported_configs_raise(random_model):

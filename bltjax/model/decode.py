@@ -113,9 +113,6 @@ def check_supported(cfg: BLTConfig) -> None:
     if pc.mode == "entropy" and pc.threshold is None:
         raise ValueError("cached generation needs causal patching: the fixed-patch-count entropy mode "
                          "(threshold=None) looks at the whole sequence; use method='naive'")
-    if pc.mode == "static":
-        raise ValueError("'static' patching does not run through the BLT forward (its first patch is not "
-                         "the 1-byte BOS patch the decoder needs, spec §3.1)")
     if pc.mode == "bpe":
         raise ValueError("cached generation does not support 'bpe' patching (a delimiter's start at the "
                          "virtual next position is dropped, then appears later: not causal); "
@@ -296,8 +293,8 @@ def rule_start(pcfg: PatcherConfig, j, h_prev, h_prev2, tok_prev, tok_prev2) -> 
     mode = pcfg.mode
     if mode == "byte":
         cand = jnp.ones_like(always)
-    elif mode == "static":  # the patcher forces no start at 1 here (static cannot run the forward)
-        return j % int(pcfg.patch_size) == 0
+    elif mode == "static":  # the training layout [1, ps, ps, ...] (patcher.model_start_mask)
+        return (j == 0) | ((j >= 1) & ((j - 1) % int(pcfg.patch_size) == 0))
     elif mode == "space":
         ends = (_space_like(tok_prev) & ~_space_like(tok_prev2)) | (tok_prev < OFFSET)
         cand = (j >= 2) & ends
@@ -547,7 +544,7 @@ def prefill(params: dict, eparams: Optional[dict], cfg: BLTConfig, sizes: Decode
     ``tokens [B, prompt_len]`` are right-aligned (``length_b >= 1`` real tokens at the end of each
     row, BOE 0 before).  The work is done on left-aligned copies with the ordinary full-sequence model
     pieces, then scattered into the right-aligned caches.  Patching uses
-    ``patcher.patch_start_mask`` (the rules :func:`rule_start` applies byte by byte)."""
+    ``patcher.model_start_mask`` (the rules :func:`rule_start` applies byte by byte)."""
     check_supported(cfg)
     b, t = tokens_bt.shape
     if t != sizes.prompt_len:
@@ -575,8 +572,8 @@ def prefill(params: dict, eparams: Optional[dict], cfg: BLTConfig, sizes: Decode
                   ent_ctx_last=jnp.zeros((b,), jnp.int32))
     st["h1"] = ent[rows, last]
     st["h2"] = jnp.where(last >= 1, ent[rows, jnp.maximum(last - 1, 0)], 0.0)
-    rule = patcher_lib.patch_start_mask(pc, tok_l, ent if pc.mode == "entropy" else None,
-                                        include_next_token=True, lengths_b=length_b)  # [B, t+1]
+    rule = patcher_lib.model_start_mask(pc, tok_l, ent if pc.mode == "entropy" else None,
+                                        lengths_b=length_b)  # [B, t+1]
     idx = jnp.arange(t + 1)[None]
     rule = rule | (idx == 0)
     orig = jax.lax.cummax(jnp.where(rule, idx, 0), axis=1)
