@@ -11,15 +11,14 @@ Reference: ``tests/train_child_tiny.py`` for 12 steps on one device (a subproces
 
 from __future__ import annotations
 
-import os
 import pathlib
-import re
 import signal
 import subprocess
 import sys
 
 import portpicker
 import pytest
+from subprocess_env import env_with_devices
 
 from bltjax import train
 from bltjax.metrics import read_jsonl
@@ -33,14 +32,6 @@ TOL = dict(rel=2e-5, abs=2e-5)
 
 def mesh_args(data: int, fsdp: int, tensor: int) -> list[str]:
     return ["--set", f"mesh.ici_data={data}", "--set", f"mesh.ici_fsdp={fsdp}", "--set", f"mesh.ici_tensor={tensor}"]
-
-
-def env_with_devices(n: int) -> dict[str, str]:
-    env = dict(os.environ)
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
-    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def base_args(workdir: pathlib.Path) -> list[str]:

@@ -9,7 +9,6 @@ same order, same state.
 
 from __future__ import annotations
 
-import os
 import pathlib
 import re
 import signal
@@ -17,6 +16,7 @@ import subprocess
 import sys
 
 import pytest
+from subprocess_env import env_with_devices
 
 from bltjax.metrics import read_jsonl
 
@@ -25,14 +25,6 @@ TINY = str(REPO / "tests" / "train_child_tiny.py")
 KILLER = str(REPO / "tests" / "train_child_kill.py")
 ONE_DEVICE = ["--set", "mesh.ici_data=1", "--set", "mesh.ici_fsdp=1", "--set", "mesh.ici_tensor=1"]
 STEPS = 9
-
-
-def env_with_devices(n: int) -> dict[str, str]:
-    env = dict(os.environ)
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
-    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def train_cmd(workdir: pathlib.Path, *extra: str, killer: list[str] | None = None) -> list[str]:
