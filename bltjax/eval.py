@@ -39,7 +39,7 @@ import numpy as np
 from bltjax.config import BLTConfig, PatcherConfig, TransformerConfig
 from bltjax.model import blt as blt_model
 from bltjax.model import entropy_model as entropy_lm
-from bltjax.patcher import patch_lengths
+from bltjax.patcher import model_patch_lengths, patch_lengths
 from bltjax.patching import (DEFAULT_THRESHOLD, LoadedCheckpoint, context_config, encode_document,
                              open_checkpoint, read_files, threshold_patcher)
 
@@ -185,22 +185,15 @@ def score_blt(params, entropy_params, x_bl, y_bl, n_x_b, *, cfg: BLTConfig, ecfg
               pcfg: PatcherConfig, ctx: PatcherConfig, max_patches: int):
     """One batch through a BLT: patch as the trainer does, forward, score.
 
-    Patching follows ``bltjax.train_step.training_patch_lengths`` (rows cover ``N + 1`` positions,
-    first patch 1; static mode ``[1, ps, ps, ...]``); in the other modes the padding of a file's last
-    window is kept out of the patches (``lengths_b``), which cannot change any real position's logits
-    since the first patch has length 1 (causal).  Returns per-row
-    ``(ce_sum, n_targets, n_patches, overflow)``.
+    Patching is the model layout of training (``patcher.model_patch_lengths``: rows cover ``N + 1``
+    positions, first patch 1, static mode ``[1, ps, ps, ...]``); the padding of a file's last window is
+    kept out of the patches (``lengths_b``), which cannot change any real position's logits since the
+    model is causal.  Returns per-row ``(ce_sum, n_targets, n_patches, overflow)``.
     """
-    from bltjax.train_step import training_patch_lengths
-
-    if pcfg.mode == "static":
-        lengths, overflow = training_patch_lengths(pcfg, x_bl, None, max_patches)
-    else:
-        ent = None
-        if pcfg.mode == "entropy":
-            ent = entropy_lm.compute_entropies(entropy_params, ecfg, ctx, x_bl)
-        lengths, overflow = patch_lengths(pcfg, x_bl, ent, include_next_token=True, max_patches=max_patches,
-                                          lengths_b=n_x_b)
+    ent = None
+    if pcfg.mode == "entropy":
+        ent = entropy_lm.compute_entropies(entropy_params, ecfg, ctx, x_bl)
+    lengths, overflow = model_patch_lengths(pcfg, x_bl, ent, max_patches=max_patches, lengths_b=n_x_b)
     logits = blt_model.forward(params, cfg, x_bl, lengths)
     ce, n = _ce_per_row(logits, y_bl)
     return ce, n, _patches_per_row(lengths, n_x_b), overflow
