@@ -32,6 +32,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from bltjax.storage import move_tree
+
 log = logging.getLogger(__name__)
 
 STATE, DATA, METADATA = "state", "data", "metadata"
@@ -235,7 +237,7 @@ class CheckpointManager:
                 src = self._step_dir(s)
                 dst = self.directory / f"{s}.corrupt-{stamp}"
                 try:
-                    src.rename(dst)
+                    move_tree(src, dst)
                     log.warning("moved unusable checkpoint step %d to %s", s, dst)
                 except OSError as e:  # leave it; a later save of this step will then fail loudly
                     log.error("could not move unusable checkpoint step %d aside: %s", s, e)

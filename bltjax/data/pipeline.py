@@ -249,9 +249,12 @@ class _Entropies:
         self._arr = arr
 
     def _load(self) -> np.ndarray:
-        if not pathlib.Path(self.path).is_file():
+        from bltjax.storage import as_path, stage_local
+
+        if not as_path(self.path).is_file():
             raise DataError(f"entropies file {self.path!r} does not exist")
-        return np.load(self.path, mmap_mode="r")
+        # memory-mapped, so a remote file is copied to the local cache once
+        return np.load(stage_local(self.path, what="entropies file"), mmap_mode="r")
 
     def __getstate__(self):
         return {"path": self.path}
