@@ -20,7 +20,8 @@ import html
 import pathlib
 import re
 import unicodedata
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 

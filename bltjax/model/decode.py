@@ -62,7 +62,8 @@ decode loop splits once per call so that no step slices weights).
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -76,7 +77,6 @@ from bltjax.model.cross_attention import cross_attend
 from bltjax.model.layers import apply_rope, dtype_of, linear, rms_norm, rope_tables, swiglu
 from bltjax.model.transformer import StackSpec, layer
 from bltjax.model.transformer import block_with_kv as transformer_block_with_kv
-from bltjax.tokenizer import OFFSET
 
 NEWLINE_ID = em.NEWLINE_ID
 
@@ -279,43 +279,10 @@ def ring_mask_row(slot_pos_c: jax.Array, slot_doc_c: jax.Array, pos, doc, window
 # ============================================================================ incremental patching
 
 
-def _space_like(tok):
-    c = tok - OFFSET
-    return ((c < ord("0")) | ((c > ord("9")) & (c < ord("A"))) | ((c > ord("Z")) & (c < ord("a")))
-            | ((c > ord("z")) & (c < 0x80)) | (c >= 0xC0))
-
-
-def rule_start(pcfg: PatcherConfig, j, h_prev, h_prev2, tok_prev, tok_prev2) -> jax.Array:
-    """Does position ``j`` start a patch (before ``max_patch_length`` splits)?  Causal: depends on
-    ``H_{j-1}`` (``h_prev``), ``H_{j-2}``, ``x_{j-1}``, ``x_{j-2}`` only.  Same rules as
-    ``patcher.patch_start_mask`` (spec §3.1); positions 0 and 1 always start."""
-    always = j <= 1
-    mode = pcfg.mode
-    if mode == "byte":
-        cand = jnp.ones_like(always)
-    elif mode == "static":  # the training layout [1, ps, ps, ...] (patcher.model_start_mask)
-        return (j == 0) | ((j >= 1) & ((j - 1) % int(pcfg.patch_size) == 0))
-    elif mode == "space":
-        ends = (_space_like(tok_prev) & ~_space_like(tok_prev2)) | (tok_prev < OFFSET)
-        cand = (j >= 2) & ends
-    elif mode == "entropy":
-        h1 = jnp.asarray(h_prev, jnp.float32)
-        h2 = jnp.asarray(h_prev2, jnp.float32)
-        if pcfg.monotonicity:
-            cand = (j == 2) | ((j >= 3) & (h1 - h2 > pcfg.threshold))
-        elif pcfg.threshold_add is not None:
-            cand = (j == 2) | ((j >= 4) & (h1 - h2 > pcfg.threshold_add) & (h1 > pcfg.threshold))
-        else:
-            cand = (j >= 2) & (h1 > pcfg.threshold)
-    else:
-        raise ValueError(f"patching mode {mode!r} is not supported by incremental patching")
-    return always | cand
-
-
 def next_start(pcfg: PatcherConfig, j, orig_start, h_prev, h_prev2, tok_prev, tok_prev2):
     """(``start(j)``, updated latest rule start) including ``max_patch_length`` splitting: a patch
     that grew to ``m`` positions since the latest rule start is cut (full chunks first, spec §3.2)."""
-    rs = rule_start(pcfg, j, h_prev, h_prev2, tok_prev, tok_prev2)
+    rs = patcher_lib.model_rule_start(pcfg, j, h_prev, h_prev2, tok_prev, tok_prev2)
     orig = jnp.where(rs, j, orig_start)
     start = rs
     if pcfg.max_patch_length is not None:
@@ -544,7 +511,7 @@ def prefill(params: dict, eparams: Optional[dict], cfg: BLTConfig, sizes: Decode
     ``tokens [B, prompt_len]`` are right-aligned (``length_b >= 1`` real tokens at the end of each
     row, BOE 0 before).  The work is done on left-aligned copies with the ordinary full-sequence model
     pieces, then scattered into the right-aligned caches.  Patching uses
-    ``patcher.model_start_mask`` (the rules :func:`rule_start` applies byte by byte)."""
+    ``patcher.model_start_mask`` (the rule ``patcher.model_rule_start`` that :func:`step` applies byte by byte)."""
     check_supported(cfg)
     b, t = tokens_bt.shape
     if t != sizes.prompt_len:
@@ -799,6 +766,6 @@ def step(params: dict, eparams: Optional[dict], cfg: BLTConfig, state: dict, tok
 
 __all__ = ["DecodeSizes", "ring_slots", "check_supported", "block_kv", "stack_prefill", "attend_one",
            "block_step_row", "stack_step_row", "unstack", "split_params", "ring_columns", "ring_from_left",
-           "kv_ring", "write_col", "write_val", "ring_mask_row", "rule_start", "next_start", "entropy_prefill",
+           "kv_ring", "write_col", "write_val", "ring_mask_row", "next_start", "entropy_prefill",
            "entropy_step_row", "encoder_step_row", "encoder_patch_row", "decoder_patch_kv", "global_step_row",
            "decoder_step_row", "prefill", "step"]

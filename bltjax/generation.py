@@ -1,10 +1,10 @@
 """Byte generation with BLT: a cached incremental decoder, the naive reference, and a streaming CLI.
 
-    python -m bltjax.generate --checkpoint DIR --prompt "Hello" --max-bytes 200 [--temperature 0.8
+    python -m bltjax.generation --checkpoint DIR --prompt "Hello" --max-bytes 200 [--temperature 0.8
         --top-p 0.9 --top-k 50 --seed 0 --stop "\\n\\n"]
-    python -m bltjax.generate --checkpoint DIR --prompt-file prompts.txt --jsonl   # one prompt a line
+    python -m bltjax.generation --checkpoint DIR --prompt-file prompts.txt --jsonl   # one prompt a line
 
-Python API: :func:`generate` (``bltjax.generate``) takes any object with ``.config`` (``BLTConfig``),
+Python API: :func:`generate` (also ``bltjax.generate``) takes any object with ``.config`` (``BLTConfig``),
 ``.params`` and ``.entropy_params`` (what ``bltjax.load_pretrained`` returns, or :class:`Model`).
 
 Two methods, same sampling / stopping code:
@@ -41,30 +41,27 @@ import codecs
 import dataclasses
 import functools
 import json
-import math
 import os
 import sys
 import time
-import types
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bltjax import patcher as patcher_lib
 from bltjax import tokenizer as tok_lib
 from bltjax.config import BLTConfig
 from bltjax.model import blt, decode
-from bltjax.model import entropy_model as em
 from bltjax.model.layers import dtype_of
+from bltjax.padding import bucket, round_up
 
 TextLike = Union[str, bytes]
 PromptLike = Union[str, bytes, np.ndarray, Sequence[int]]
 REASONS = ("running", "eos", "stop", "length")
 _RUNNING, _EOS, _STOP, _LENGTH = range(4)
 CAPACITY_STEP = 64  # byte-buffer capacity for new bytes is rounded up to this
-MIN_BUCKET = 16  # smallest prompt bucket
 
 
 # ============================================================================ public types
@@ -134,8 +131,8 @@ def encode_stops(stops: Sequence[TextLike]) -> tuple[np.ndarray, np.ndarray]:
     raw = [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in stops]
     if any(len(r) == 0 for r in raw):
         raise ValueError("stop strings must be non-empty")
-    width = _round_up(max([len(r) for r in raw] + [1]), 16)
-    ids = np.full((_round_up(max(len(raw), 1), 4), width), -1, np.int32)
+    width = round_up(max([len(r) for r in raw] + [1]), 16)
+    ids = np.full((round_up(max(len(raw), 1), 4), width), -1, np.int32)
     lens = np.zeros((ids.shape[0],), np.int32)
     for i, r in enumerate(raw):
         ids[i, width - len(r):] = np.frombuffer(r, np.uint8).astype(np.int32) + tok_lib.OFFSET
@@ -219,13 +216,9 @@ def naive_logits(params, eparams, tokens_bt, length_b, *, cfg: BLTConfig):
     entropies of the whole row, patching as in training (``patcher.model_patch_lengths``: the virtual
     next byte included, static mode as ``[1, ps, ps, ...]``), full forward, logits of the last real
     byte.  The padding bytes are appended to the last patch so rows sum to ``N + 1``."""
-    pc = cfg.patcher
     b, n = tokens_bt.shape
-    ent = None
-    if pc.mode == "entropy":
-        ent = em.compute_entropies(eparams, cfg.entropy_model, pc, tokens_bt, attention_impl=cfg.attention_impl)
-    lengths, _ = patcher_lib.model_patch_lengths(pc, tokens_bt, ent, max_patches=min(n + 1, cfg.max_seqlen + 1),
-                                                 lengths_b=length_b)
+    lengths, _ = blt.patch_lengths(cfg, eparams, tokens_bt, max_patches=min(n + 1, cfg.max_seqlen + 1),
+                                   lengths_b=length_b)
     rows = jnp.arange(b)
     last_col = jnp.sum(lengths > 0, axis=1) - 1
     lengths = lengths.at[rows, last_col].add(n - length_b)
@@ -239,14 +232,6 @@ def _advance_jit(ls, logits_bv, knobs, key):
 
 
 # ============================================================================ host-side driver
-
-
-def _bucket(n: int) -> int:
-    return max(MIN_BUCKET, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
 
 
 def _batch_shards(mesh) -> int:
@@ -352,12 +337,12 @@ def generate(pretrained: Any, prompts: Union[PromptLike, Sequence[PromptLike]], 
     stop_ids, stop_lens = encode_stops(stops)
 
     n_real = len(rows)
-    b = _round_up(1 << (n_real - 1).bit_length(), _batch_shards(mesh))  # batch bucket: power of two
-    lb = _bucket(longest)
+    b = round_up(1 << (n_real - 1).bit_length(), _batch_shards(mesh))  # batch bucket: power of two
+    lb = bucket(longest)
     # cached: rows right-aligned in a power-of-two prompt bucket (all rows write the same column);
     # naive: rows left-aligned (each row is its own prefix).
-    cap = lb + _round_up(max_new_bytes, CAPACITY_STEP) if method == "cached" else \
-        _round_up(longest + max_new_bytes, CAPACITY_STEP)
+    cap = lb + round_up(max_new_bytes, CAPACITY_STEP) if method == "cached" else \
+        round_up(longest + max_new_bytes, CAPACITY_STEP)
     tokens = np.zeros((b, cap), np.int32)
     plen = np.array([len(r) for r in rows] + [1] * (b - n_real), np.int32)
     for i in range(b):
@@ -372,7 +357,7 @@ def generate(pretrained: Any, prompts: Union[PromptLike, Sequence[PromptLike]], 
               reason=np.where(pad_row, _LENGTH, _RUNNING).astype(np.int32), gen_start=start,
               row_id=np.arange(b, dtype=np.int32))
     if return_logits:
-        ls["hist"] = np.zeros((b, _round_up(max_new_bytes, CAPACITY_STEP), cfg.vocab_size), np.float32)
+        ls["hist"] = np.zeros((b, round_up(max_new_bytes, CAPACITY_STEP), cfg.vocab_size), np.float32)
     knobs = dict(temperature=np.float32(temperature), top_k=np.int32(top_k), top_p=np.float32(top_p),
                  max_new=np.int32(max_new_bytes), stop_at_eos=np.bool_(stop_at_eos), stop_ids=stop_ids,
                  stop_lens=stop_lens)
@@ -433,7 +418,7 @@ def _run_naive(cfg, params, eparams, ls, knobs, key, streamer, mesh) -> dict:
     cap = ls["tokens"].shape[1]
     with _mesh_ctx(mesh):
         while not np.asarray(ls["done"]).all():
-            n = min(_round_up(int(np.asarray(ls["length"]).max()), CAPACITY_STEP), cap)
+            n = min(round_up(int(np.asarray(ls["length"]).max()), CAPACITY_STEP), cap)
             logits = naive_logits(params, eparams, ls["tokens"][:, :n], ls["length"], cfg=cfg)
             ls, _ = _advance_jit(ls, logits, knobs, key)
             if streamer:
@@ -495,7 +480,7 @@ def _load(path: str):
 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m bltjax.generate", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bltjax.generation", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="checkpoint directory (bltjax.load_pretrained)")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (streamed completion)")
@@ -574,20 +559,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dt = time.perf_counter() - t0
     if args.stats:
         n = sum(len(r.tokens) for r in results)
-        print(f"[bltjax.generate] {n} bytes in {dt:.2f} s ({n / dt:.1f} bytes/s incl. compile), "
+        print(f"[bltjax.generation] {n} bytes in {dt:.2f} s ({n / dt:.1f} bytes/s incl. compile), "
               f"reasons: {[r.finish_reason for r in results]}", file=sys.stderr)
     return 0
 
-
-class _CallableModule(types.ModuleType):
-    """``bltjax.generate`` names both this module and :func:`generate`: once the submodule has been
-    imported the package attribute is the module, so calling the module calls the function."""
-
-    def __call__(self, *args, **kwargs):
-        return generate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["Model", "GenerationResult", "generate", "sample_tokens", "encode_stops", "advance", "naive_logits",
            "main"]
