@@ -96,8 +96,8 @@ def timed(fn, repeats: int) -> list[float]:
 def cached_prefill_time(model: Model, prompt: str, new_bytes: int, repeats: int) -> float:
     """Median time of the prefill program alone (same shapes as in ``generate``)."""
     from bltjax import generation as G
-    from bltjax.padding import bucket, round_up
     from bltjax.model import decode
+    from bltjax.padding import bucket, round_up
 
     cfg, params, eparams = G._prepare_model(model)
     ids = tok_lib.encode(prompt)

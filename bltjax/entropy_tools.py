@@ -321,7 +321,8 @@ def _cmd_precompute(args) -> int:
     for split, pre in res.items():
         print(f"{split}: {len(pre)} documents, {pre.entropies.shape[0]:,} tokens -> "
               f"{pathlib.Path(pre.path) / pre.meta['splits'][split]['entropies']}")
-    print(f"({time.time() - t0:.1f} s)  train with: --set data.entropies_path={pathlib.Path(args.out) / 'entropies_{split}.npy'}")
+    pattern = pathlib.Path(args.out) / "entropies_{split}.npy"
+    print(f"({time.time() - t0:.1f} s)  train with: --set data.entropies_path={pattern}")
     return 0
 
 

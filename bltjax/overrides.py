@@ -84,45 +84,47 @@ def parse_value(raw: str) -> Any:
         return raw
 
 
-def coerce_value(value: Any, tp: Any, where: str = "value", raw: Optional[str] = None) -> Any:
-    """Return ``value`` converted to annotation ``tp`` or raise ValueError naming ``where``.
+class _Mismatch:
+    """Builds the ValueError for a value that does not fit its annotation."""
 
-    ``raw`` is the original command-line text, used when a ``str`` field received something that
-    ``literal_eval`` turned into a number (``name=123`` -> ``"123"``).
-    """
-    if tp is Any or tp is object:
-        return value
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    shown = raw if raw is not None else repr(value)
+    def __init__(self, value: Any, where: str, shown: str):
+        self.value, self.where, self.shown = value, where, shown
 
-    def fail(expected: str) -> ValueError:
-        return ValueError(f"{where}: expected {expected}, got {type(value).__name__} {shown}")
+    def __call__(self, expected: str) -> ValueError:
+        return ValueError(f"{self.where}: expected {expected}, got {type(self.value).__name__} {self.shown}")
 
-    if origin in (Union, types.UnionType):
-        allows_none = type(None) in args
-        if value is None or (allows_none and isinstance(value, str) and value.strip().lower() in _NONE):
-            if allows_none:
-                return None
-            raise fail(_type_name(tp))
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce_value(value, arg, where, raw)
-            except ValueError as e:
-                errors.append(str(e))
-        raise ValueError(f"{where}: {shown} does not match {_type_name(tp)} ({'; '.join(errors)})")
-    if origin is Literal:
-        for choice in args:
-            if value == choice and type(value) is type(choice):
-                return choice
-        text = raw if raw is not None else (value if isinstance(value, str) else None)
-        if text is not None and text in args:
-            return text
-        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=3)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"{where}: {shown} is not one of {list(args)}{hint}")
+
+def _coerce_union(value: Any, tp: Any, args: tuple, where: str, raw: Optional[str], fail: _Mismatch) -> Any:
+    allows_none = type(None) in args
+    if value is None or (allows_none and isinstance(value, str) and value.strip().lower() in _NONE):
+        if allows_none:
+            return None
+        raise fail(_type_name(tp))
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return coerce_value(value, arg, where, raw)
+        except ValueError as e:
+            errors.append(str(e))
+    raise ValueError(f"{where}: {fail.shown} does not match {_type_name(tp)} ({'; '.join(errors)})")
+
+
+def _coerce_literal(value: Any, args: tuple, where: str, raw: Optional[str], fail: _Mismatch) -> Any:
+    for choice in args:
+        if value == choice and type(value) is type(choice):
+            return choice
+    text = raw if raw is not None else (value if isinstance(value, str) else None)
+    if text is not None and text in args:
+        return text
+    close = difflib.get_close_matches(str(value), [str(a) for a in args], n=3)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"{where}: {fail.shown} is not one of {list(args)}{hint}")
+
+
+def _coerce_scalar(value: Any, tp: type, raw: Optional[str], fail: _Mismatch) -> Any:
+    """bool / int / float / str."""
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -150,33 +152,55 @@ def coerce_value(value: Any, tp: Any, where: str = "value", raw: Optional[str] =
             except ValueError:
                 pass
         raise fail("float")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if raw is not None:
-            return raw.strip()
-        raise fail("str")
+    if isinstance(value, str):
+        return value
+    if raw is not None:
+        return raw.strip()
+    raise fail("str")
+
+
+def _coerce_sequence(value: Any, tp: Any, origin: Any, args: tuple, where: str, raw: Optional[str],
+                     fail: _Mismatch) -> Any:
+    container = tuple if (origin or tp) is tuple else list
+    if isinstance(value, (list, tuple)):
+        items, raws = list(value), [None] * len(value)
+    elif isinstance(value, str):
+        raws = _split_sequence(value)
+        items = [parse_value(r) for r in raws]
+    elif isinstance(value, dict) or value is None:
+        raise fail(_type_name(tp))
+    else:  # a scalar for a variable-length sequence: one element
+        items, raws = [value], [raw]
+    if not args:
+        return container(items)
+    if container is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+        if len(items) != len(args):
+            raise ValueError(f"{where}: expected {len(args)} elements for {_type_name(tp)}, got {len(items)}")
+        elem_types = list(args)
+    else:
+        elem_types = [args[0]] * len(items)
+    return container(coerce_value(v, t, f"{where}[{i}]", r)
+                     for i, (v, t, r) in enumerate(zip(items, elem_types, raws)))
+
+
+def coerce_value(value: Any, tp: Any, where: str = "value", raw: Optional[str] = None) -> Any:
+    """Return ``value`` converted to annotation ``tp`` or raise ValueError naming ``where``.
+
+    ``raw`` is the original command-line text, used when a ``str`` field received something that
+    ``literal_eval`` turned into a number (``name=123`` -> ``"123"``).
+    """
+    if tp is Any or tp is object:
+        return value
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    fail = _Mismatch(value, where, raw if raw is not None else repr(value))
+    if origin in (Union, types.UnionType):
+        return _coerce_union(value, tp, args, where, raw, fail)
+    if origin is Literal:
+        return _coerce_literal(value, args, where, raw, fail)
+    if tp in (bool, int, float, str):
+        return _coerce_scalar(value, tp, raw, fail)
     if origin in (tuple, list) or tp in (tuple, list):
-        container = tuple if (origin or tp) is tuple else list
-        if isinstance(value, (list, tuple)):
-            items, raws = list(value), [None] * len(value)
-        elif isinstance(value, str):
-            raws = _split_sequence(value)
-            items = [parse_value(r) for r in raws]
-        elif isinstance(value, dict) or value is None:
-            raise fail(_type_name(tp))
-        else:  # a scalar for a variable-length sequence: one element
-            items, raws = [value], [raw]
-        if not args:
-            return container(items)
-        if container is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(items) != len(args):
-                raise ValueError(f"{where}: expected {len(args)} elements for {_type_name(tp)}, got {len(items)}")
-            elem_types = list(args)
-        else:
-            elem_types = [args[0]] * len(items)
-        return container(coerce_value(v, t, f"{where}[{i}]", r)
-                         for i, (v, t, r) in enumerate(zip(items, elem_types, raws)))
+        return _coerce_sequence(value, tp, origin, args, where, raw, fail)
     if origin is dict or tp is dict:
         if isinstance(value, dict):
             return dict(value)

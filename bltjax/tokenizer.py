@@ -121,5 +121,5 @@ def check_tokens(tokens, max_len: Optional[int] = None) -> None:
                 f"(PAD_ID={PAD_ID} must be replaced before feeding a model)")
 
 
-__all__ = ["BOE_ID", "BOS_ID", "EOS_ID", "BPE_ID", "OFFSET", "PAD_ID", "VOCAB_SIZE", "encode", "encode_document", "decode",
-           "decode_text", "encode_batch", "check_tokens"]
+__all__ = ["BOE_ID", "BOS_ID", "EOS_ID", "BPE_ID", "OFFSET", "PAD_ID", "VOCAB_SIZE", "encode", "encode_document",
+           "decode", "decode_text", "encode_batch", "check_tokens"]

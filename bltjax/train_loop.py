@@ -136,7 +136,8 @@ def describe(cfg, mesh, abstract_state, start_step: int, workdir: pathlib.Path, 
     lines = [
         f"bltjax.train: {cfg.name} -> {workdir}",
         f"  model: {what} | precision {cfg.precision} | remat {cfg.model.remat}",
-        f"  data: {cfg.data.source}{' ' + cfg.data.path if cfg.data.path else ''} ({train_tok / 1e6:.2f}M train tokens) | seq_len "
+        f"  data: {cfg.data.source}{' ' + cfg.data.path if cfg.data.path else ''} "
+        f"({train_tok / 1e6:.2f}M train tokens) | seq_len "
         f"{cfg.seq_len} x batch {cfg.global_batch_size} = {cfg.bytes_per_step} bytes/step | {cfg.steps} steps",
         f"  mesh: {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
         f"{jax.process_count()} process(es) | {flops_per_byte / 1e6:.2f} MFLOPs/byte (train)",
@@ -232,7 +233,8 @@ class RunLog:
             self.warm += 1
             rates = {}
         cfg = self.cfg
-        if "avg_patch_size" in scalars and cfg.model.patcher.mode != "static" and math.isfinite(scalars["avg_patch_size"]):
+        measured = scalars.get("avg_patch_size")
+        if measured is not None and cfg.model.patcher.mode != "static" and math.isfinite(measured):
             self.rates.flops_per_step = train_flops_per_step(cfg, scalars["avg_patch_size"])
         scalars.update(rates, flops_per_byte=self.rates.flops_per_step / cfg.bytes_per_step,
                        elapsed_s=time.time() - self.t0_wall, process_cpu_s=time.process_time() - self.t0_cpu)

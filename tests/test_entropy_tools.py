@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from bltjax import calibration, entropy_tools, viz
-from bltjax.data import documents
 from bltjax.config import PatcherConfig
+from bltjax.data import documents
 from bltjax.model import entropy_model as entropy_lm
 from bltjax.patcher import patch_lengths
 

@@ -10,8 +10,8 @@ import pytest
 
 from bltjax import eval as ev
 from bltjax import patcher, pretrained, viz
-from bltjax.data import documents
 from bltjax.config import PatcherConfig, tiny_blt_config
+from bltjax.data import documents
 from bltjax.model import blt
 from bltjax.model import entropy_model as entropy_lm
 from bltjax.patcher import patch_lengths
@@ -91,7 +91,7 @@ def test_blt_bits_per_byte_matches_manual():
     seq_len = 32
     rep = ev.evaluate(ck, FILES, seq_len=seq_len, batch=3)
     assert rep.kind == "blt" and [f.name for f in rep.files] == [n for n, _ in FILES]
-    for (name, docs), res in zip(FILES, rep.files):
+    for (_name, docs), res in zip(FILES, rep.files):
         ce, n, patches = 0.0, 0, 0
         for x, y in _windows_manual(docs, seq_len):  # unpadded windows, one at a time
             lengths, _ = _static_lengths(cfg.patcher, jnp.asarray(x)[None], None, 1 + -(-len(x) // 4))
@@ -117,7 +117,7 @@ def test_entropy_model_bits_per_byte_and_patches(fixture_dir):
     seq_len, theta = 48, THETA
     rep = ev.evaluate(ck, FILES, seq_len=seq_len, batch=4, threshold=theta)
     assert rep.kind == "entropy" and rep.patcher["threshold"] == theta
-    for (name, docs), res in zip(FILES, rep.files):
+    for (_name, docs), res in zip(FILES, rep.files):
         ce, n, patches = 0.0, 0, 0
         for x, y in _windows_manual(docs, seq_len):
             logits = _lm_forward(ck.entropy_params, ck.entropy_config, jnp.asarray(x)[None])

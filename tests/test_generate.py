@@ -23,14 +23,13 @@ import pytest
 import bltjax
 from bltjax import patcher as patcher_lib
 from bltjax import tokenizer as tok_lib
-from bltjax import train_step
 from bltjax.config import PatcherConfig, TransformerConfig, tiny_blt_config
 from bltjax.generation import GenerationResult, Model, encode_stops, generate, main, sample_tokens
+from bltjax.model import blt, decode
+from bltjax.model import entropy_model as em
 
 advance = jax.jit(__import__("bltjax.generation", fromlist=["advance"]).advance)
 sample = jax.jit(sample_tokens)
-from bltjax.model import blt, decode
-from bltjax.model import entropy_model as em
 
 ATOL = 1e-4
 PROMPTS = [  # each <= 31 tokens: prompt + 32 new bytes stays in one naive 64-byte bucket

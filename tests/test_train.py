@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from bltjax import patcher, pretrained, train, train_step
-from bltjax.workdir import load_run
 from bltjax.metrics import read_jsonl
 from bltjax.model import entropy_model
 from bltjax.train_config import TrainConfig, config_from_dict, load_config
+from bltjax.workdir import load_run
 
 REPO = pathlib.Path(__file__).parent.parent
 TINY = str(REPO / "tests" / "helpers" / "train_child_tiny.py")
@@ -182,7 +182,8 @@ def test_entropy_model_run_feeds_entropy_patching(tmp_path):
     # the eval reports the same statistic on the held-out split (the calibration check of the README)
     val_stats = [train_step.patch_batch(blt_cfg, jnp.asarray(b["tokens"]), ent_params)[1]
                  for b in itertools.islice(train.make_data_iterator(blt_cfg, split="validation"), 2)]
-    val_expected = sum(float(s["n_positions_sum"]) for s in val_stats) / sum(float(s["n_patches_sum"]) for s in val_stats)
+    val_expected = (sum(float(s["n_positions_sum"]) for s in val_stats)
+                    / sum(float(s["n_patches_sum"]) for s in val_stats))
     val_rec = [r for r in recs if "val_bpb" in r][-1]
     assert val_rec["val_avg_patch_size"] == pytest.approx(val_expected, rel=1e-5)
 
