@@ -34,7 +34,7 @@ class FakeData:
     paths: tuple[str, ...] = ()
     mode: Literal["a", "b"] = "a"
 
-    def validate(self) -> "FakeData":
+    def validate(self) -> FakeData:
         if not 0 <= self.val_fraction < 1:
             raise ValueError("data.val_fraction out of range")
         return self
@@ -246,6 +246,11 @@ def test_repo_experiments_load():
         if path.name.startswith("_"):
             continue
         assert isinstance(load_config(path), TrainConfig), path
+    for size in ("400m", "1b", "2b", "4b", "8b"):  # the paper sizes: FILE.py:ARG calls get_config(ARG)
+        cfg = load_config(f"{pathlib.Path(__file__).parent.parent / 'experiments' / 'blt_paper.py'}:{size}")
+        assert cfg.name == f"blt_{size}" and cfg.validate() is cfg
+    with pytest.raises(ValueError, match="unknown paper size '3b'"):
+        load_config(f"{pathlib.Path(__file__).parent.parent / 'experiments' / 'blt_paper.py'}:3b")
 
 
 # ---------------------------------------------------------------------- serialisation

@@ -62,7 +62,8 @@ decode loop splits once per call so that no step slices weights).
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -76,7 +77,6 @@ from bltjax.model.cross_attention import cross_attend
 from bltjax.model.layers import apply_rope, dtype_of, linear, rms_norm, rope_tables, swiglu
 from bltjax.model.transformer import StackSpec, layer
 from bltjax.model.transformer import block_with_kv as transformer_block_with_kv
-from bltjax.tokenizer import OFFSET
 
 NEWLINE_ID = em.NEWLINE_ID
 
@@ -279,43 +279,10 @@ def ring_mask_row(slot_pos_c: jax.Array, slot_doc_c: jax.Array, pos, doc, window
 # ============================================================================ incremental patching
 
 
-def _space_like(tok):
-    c = tok - OFFSET
-    return ((c < ord("0")) | ((c > ord("9")) & (c < ord("A"))) | ((c > ord("Z")) & (c < ord("a")))
-            | ((c > ord("z")) & (c < 0x80)) | (c >= 0xC0))
-
-
-def rule_start(pcfg: PatcherConfig, j, h_prev, h_prev2, tok_prev, tok_prev2) -> jax.Array:
-    """Does position ``j`` start a patch (before ``max_patch_length`` splits)?  Causal: depends on
-    ``H_{j-1}`` (``h_prev``), ``H_{j-2}``, ``x_{j-1}``, ``x_{j-2}`` only.  Same rules as
-    ``patcher.patch_start_mask`` (spec §3.1); positions 0 and 1 always start."""
-    always = j <= 1
-    mode = pcfg.mode
-    if mode == "byte":
-        cand = jnp.ones_like(always)
-    elif mode == "static":  # the training layout [1, ps, ps, ...] (patcher.model_start_mask)
-        return (j == 0) | ((j >= 1) & ((j - 1) % int(pcfg.patch_size) == 0))
-    elif mode == "space":
-        ends = (_space_like(tok_prev) & ~_space_like(tok_prev2)) | (tok_prev < OFFSET)
-        cand = (j >= 2) & ends
-    elif mode == "entropy":
-        h1 = jnp.asarray(h_prev, jnp.float32)
-        h2 = jnp.asarray(h_prev2, jnp.float32)
-        if pcfg.monotonicity:
-            cand = (j == 2) | ((j >= 3) & (h1 - h2 > pcfg.threshold))
-        elif pcfg.threshold_add is not None:
-            cand = (j == 2) | ((j >= 4) & (h1 - h2 > pcfg.threshold_add) & (h1 > pcfg.threshold))
-        else:
-            cand = (j >= 2) & (h1 > pcfg.threshold)
-    else:
-        raise ValueError(f"patching mode {mode!r} is not supported by incremental patching")
-    return always | cand
-
-
 def next_start(pcfg: PatcherConfig, j, orig_start, h_prev, h_prev2, tok_prev, tok_prev2):
     """(``start(j)``, updated latest rule start) including ``max_patch_length`` splitting: a patch
     that grew to ``m`` positions since the latest rule start is cut (full chunks first, spec §3.2)."""
-    rs = rule_start(pcfg, j, h_prev, h_prev2, tok_prev, tok_prev2)
+    rs = patcher_lib.model_rule_start(pcfg, j, h_prev, h_prev2, tok_prev, tok_prev2)
     orig = jnp.where(rs, j, orig_start)
     start = rs
     if pcfg.max_patch_length is not None:
@@ -536,33 +503,40 @@ def _left_align(tokens_bt: jax.Array, pad_b: jax.Array) -> jax.Array:
     return jnp.where(idx < t, jnp.take_along_axis(tokens_bt, jnp.minimum(idx, t - 1), axis=1), 0)
 
 
-def prefill(params: dict, eparams: Optional[dict], cfg: BLTConfig, sizes: DecodeSizes,
-            tokens_bt: jax.Array, length_b: jax.Array) -> dict:
-    """Run the prompts in parallel and return the decode state (module docstring) as if every byte
-    had been stepped in one by one.
+@dataclasses.dataclass(frozen=True)
+class _Prompts:
+    """Per-call values every prefill phase reads: the prompts, left-aligned, and their layout."""
 
-    ``tokens [B, prompt_len]`` are right-aligned (``length_b >= 1`` real tokens at the end of each
-    row, BOE 0 before).  The work is done on left-aligned copies with the ordinary full-sequence model
-    pieces, then scattered into the right-aligned caches.  Patching uses
-    ``patcher.model_start_mask`` (the rules :func:`rule_start` applies byte by byte)."""
-    check_supported(cfg)
-    b, t = tokens_bt.shape
-    if t != sizes.prompt_len:
-        raise ValueError(f"prefill tokens have {t} columns, sizes.prompt_len is {sizes.prompt_len}")
-    cdt = dtype_of(cfg.dtype)
+    b: int
+    t: int  # prompt columns
+    max_len: int  # T: byte columns of the decode buffers
+    rows: jax.Array  # [B] row indices
+    length_b: jax.Array  # real tokens per row
+    pad: jax.Array  # [B] leading padding columns (right-aligned rows)
+    last: jax.Array  # [B] position of each row's last byte
+    tok_l: jax.Array  # [B, t] left-aligned tokens
+    pos_t: jax.Array  # [t] positions 0..t-1
+    col_pos: jax.Array  # [B, t] position held by each right-aligned buffer column (< 0: padding)
+
+    def right(self, x_btf: jax.Array) -> jax.Array:
+        """Left-aligned ``[B, t, ...]`` -> right-aligned buffer columns (0 in the padding)."""
+        shape = self.col_pos.shape + (1,) * (x_btf.ndim - 2)
+        gathered = jnp.take_along_axis(x_btf, jnp.maximum(self.col_pos, 0).reshape(shape), axis=1)
+        return jnp.where((self.col_pos >= 0).reshape(shape), gathered, 0)
+
+    def pad_cols(self, x_bhtd: jax.Array) -> jax.Array:
+        """``[B, H, t, hd]`` -> ``[B, H, T, hd]`` (zero columns for the bytes still to come)."""
+        return jnp.pad(x_bhtd, [(0, 0), (0, 0), (0, self.max_len - self.t), (0, 0)])
+
+
+def _prefill_patching(cfg: BLTConfig, eparams, sizes: DecodeSizes, pr: _Prompts, st: dict) -> dict:
+    """Entropy-model caches and patch starts over positions ``0..t`` (position L = virtual next byte).
+    Returns ``starts [B, t+1]``, ``cs`` (running start count: ``P(j) = cs[j] - 1``) and ``open_start``."""
+    b, t, rows, length_b, last, pad = pr.b, pr.t, pr.rows, pr.length_b, pr.last, pr.pad
     pc = cfg.patcher
-    T = sizes.max_len
-    rows = jnp.arange(b)
-    length_b = length_b.astype(jnp.int32)
-    pad = t - length_b
-    last = length_b - 1
-    tok_l = _left_align(tokens_bt, pad)
-    st: dict = {"n": jnp.int32(t), "pad": pad}
-
-    # ---- entropies and patch starts over positions 0..t (position L = virtual next byte)
     if pc.mode == "entropy":
-        ent, eks, evs, ectx = entropy_prefill(cfg, eparams, tok_l)
-        ce = ring_slots(cfg.entropy_model.sliding_window, T)
+        ent, eks, evs, ectx = entropy_prefill(cfg, eparams, pr.tok_l)
+        ce = ring_slots(cfg.entropy_model.sliding_window, sizes.max_len)
         ctx_ring, epos = ring_from_left(ectx, pad, t, ce)
         st.update(ent_k=tuple(kv_ring(k, pad, t, ce) for k in eks), ent_v=tuple(kv_ring(v, pad, t, ce) for v in evs),
                   ent_pos=epos, ent_ctx=ctx_ring, ent_ctx_last=ectx[rows, last])
@@ -572,7 +546,7 @@ def prefill(params: dict, eparams: Optional[dict], cfg: BLTConfig, sizes: Decode
                   ent_ctx_last=jnp.zeros((b,), jnp.int32))
     st["h1"] = ent[rows, last]
     st["h2"] = jnp.where(last >= 1, ent[rows, jnp.maximum(last - 1, 0)], 0.0)
-    rule = patcher_lib.model_start_mask(pc, tok_l, ent if pc.mode == "entropy" else None,
+    rule = patcher_lib.model_start_mask(pc, pr.tok_l, ent if pc.mode == "entropy" else None,
                                         lengths_b=length_b)  # [B, t+1]
     idx = jnp.arange(t + 1)[None]
     rule = rule | (idx == 0)
@@ -585,9 +559,13 @@ def prefill(params: dict, eparams: Optional[dict], cfg: BLTConfig, sizes: Decode
     n_patches = cs[rows, length_b] - 1  # completed patches (all before the one holding position L)
     open_start = jnp.max(jnp.where(starts, idx, 0), axis=1)
     st.update(open_start=open_start, orig_start=orig[rows, length_b], n_patches=n_patches)
+    return {"starts": starts, "cs": cs, "open_start": open_start, "n_patches": n_patches}
 
-    # ---- local encoder (ring caches, per-byte cross K/V, running pool of the open patch)
-    pos_t = jnp.arange(t)
+
+def _prefill_encoder(cfg: BLTConfig, params: dict, pr: _Prompts, pat: dict, st: dict) -> dict:
+    """Local encoder: ring caches, per-byte cross K/V, running pool of the open patch.  Returns the
+    byte states (``h``: last layer, ``outs``: after every layer) and the local document ids."""
+    b, t, rows, last, pad, tok_l, pos_t = pr.b, pr.t, pr.rows, pr.last, pr.pad, pr.tok_l, pr.pos_t
     is_eos = (tok_l == cfg.eos_id).astype(jnp.int32)
     doc = jnp.cumsum(is_eos, axis=1) - is_eos if cfg.local_doc_mask else jnp.zeros((b, t), jnp.int32)
     doc_arg = doc if cfg.local_doc_mask else None
@@ -600,25 +578,20 @@ def prefill(params: dict, eparams: Optional[dict], cfg: BLTConfig, sizes: Decode
         eks.append(k)
         evs.append(v)
         outs.append(h)
-    cl = ring_slots(cfg.local_attention_window_len, T)
+    cl = ring_slots(cfg.local_attention_window_len, pr.max_len)
     doc_ring, lpos = ring_from_left(doc, pad, t, cl)
     st.update(enc_k=tuple(kv_ring(k, pad, t, cl) for k in eks), enc_v=tuple(kv_ring(v, pad, t, cl) for v in evs),
               loc_pos=lpos, loc_doc=doc_ring, doc_last=doc[rows, last], h_last=h[rows, last])
-    xl = _cross_layers_encoder(cfg)
     ecross = _layers(params["encoder"]["cross"])
-    col_pos = pos_t[None, :] - pad[:, None]  # position of each buffer column (< 0: padding)
-    right = lambda x_btf: jnp.where((col_pos >= 0).reshape(col_pos.shape + (1,) * (x_btf.ndim - 2)),
-                                    jnp.take_along_axis(x_btf, jnp.maximum(col_pos, 0).reshape(
-                                        col_pos.shape + (1,) * (x_btf.ndim - 2)), axis=1), 0)
     xks, xvs = [], []
-    for c, li in enumerate(xl):
+    for c, li in enumerate(_cross_layers_encoder(cfg)):
         k, v = _cross_kv(ecross[c], outs[li], cfg.cross_attn_nheads, cfg.norm_eps)  # [B, t, H, hd]
-        tpad = [(0, 0), (0, 0), (0, T - t), (0, 0)]
-        xks.append(jnp.pad(jnp.swapaxes(right(k), 1, 2), tpad))
-        xvs.append(jnp.pad(jnp.swapaxes(right(v), 1, 2), tpad))
+        xks.append(pr.pad_cols(jnp.swapaxes(pr.right(k), 1, 2)))
+        xvs.append(pr.pad_cols(jnp.swapaxes(pr.right(v), 1, 2)))
     st.update(x_k=tuple(xks), x_v=tuple(xvs))
-    hs = outs[xl[0]]
-    in_open = (pos_t[None] >= open_start[:, None]) & (pos_t[None] < length_b[:, None])
+    hs = outs[_cross_layers_encoder(cfg)[0]]
+    open_start = pat["open_start"]
+    in_open = (pos_t[None] >= open_start[:, None]) & (pos_t[None] < pr.length_b[:, None])
     mode = cfg.downsampling_by_pooling
     if mode == "max":
         pool = jnp.max(jnp.where(in_open[..., None], hs, -jnp.inf), axis=1)
@@ -626,15 +599,26 @@ def prefill(params: dict, eparams: Optional[dict], cfg: BLTConfig, sizes: Decode
         pool = jnp.min(jnp.where(in_open[..., None], hs, jnp.inf), axis=1)
     else:
         pool = jnp.sum(jnp.where(in_open[..., None], hs, 0), axis=1)
-    st.update(pool=jnp.where(jnp.isfinite(pool), pool, 0).astype(cdt),
+    st.update(pool=jnp.where(jnp.isfinite(pool), pool, 0).astype(dtype_of(cfg.dtype)),
               pool_cnt=jnp.sum(in_open, axis=1, dtype=jnp.int32),
               open_eos=jnp.any(in_open & (tok_l == cfg.eos_id), axis=1))
+    return {"h": h, "outs": outs, "doc_arg": doc_arg}
 
-    # ---- completed patches -> encoder cross-attention -> global transformer (t patch slots)
+
+def _prefill_global(cfg: BLTConfig, params: dict, pr: _Prompts, pat: dict, enc: dict, st: dict) -> jax.Array:
+    """Completed patches -> encoder cross-attention -> global transformer (``t`` patch slots): the
+    global KV cache at the column of each patch's last byte and the decoder cross K/V of the last
+    completed patch.  Returns the global outputs ``[B, t, dG]``."""
+    b, t, rows, pos_t = pr.b, pr.t, pr.rows, pr.pos_t
+    cs, open_start, n_patches = pat["cs"], pat["open_start"], pat["n_patches"]
+    outs = enc["outs"]
+    xl = _cross_layers_encoder(cfg)
+    ecross = _layers(params["encoder"]["cross"])
+    hs = outs[xl[0]]
     pid = cs[:, :t] - 1
     pid_enc = jnp.where(pos_t[None] < open_start[:, None], pid, t)  # open patch / padding: dummy id t
     np1 = t + 1
-    pooled = local_encoder.pool_patches(hs, pid_enc, np1, mode)
+    pooled = local_encoder.pool_patches(hs, pid_enc, np1, cfg.downsampling_by_pooling)
     q = (pooled @ params["encoder"]["patch_projection"].astype(hs.dtype)).reshape(b, np1 * cfg.cross_attn_k, -1)
     for c, li in enumerate(xl):  # cross layer c reads the byte states after encoder layer li
         q = cross_attend(ecross[c], q, outs[li], kind="encoder", ids_bn=pid_enc, n_patches=np1,
@@ -643,49 +627,83 @@ def prefill(params: dict, eparams: Optional[dict], cfg: BLTConfig, sizes: Decode
     gp = params["global"]
     if cfg.global_input_projection:
         x = x @ gp["input_projection"].astype(x.dtype)
-    gtok = patcher_lib.global_patch_tokens(tok_l, pid_enc, t, cfg.eos_id)
+    gtok = patcher_lib.global_patch_tokens(pr.tok_l, pid_enc, t, cfg.eos_id)
     gdoc = global_model.patch_doc_ids(gtok, cfg.eos_id)
     gspec = global_model.global_spec(cfg)
     grope = rope_tables(jnp.broadcast_to(pos_t[None], (b, t)), gspec.head_dim, gspec.rope_theta)
     g_out, gks, gvs = stack_prefill(gp["layers"], x, gspec, grope,
                                     gdoc if cfg.global_attn == "block_causal" else None)
     # patch p (complete) lives at the column of its last byte: position i with start(i+1), i < open_start
-    ends = starts[:, 1:] & (pos_t[None] < open_start[:, None])  # [B, t] by position
-    pid_at_col = right(jnp.where(ends, pid, -1))
-    pid_at_col = jnp.where(col_pos >= 0, pid_at_col, -1)
+    ends = pat["starts"][:, 1:] & (pos_t[None] < open_start[:, None])  # [B, t] by position
+    pid_at_col = pr.right(jnp.where(ends, pid, -1))
+    pid_at_col = jnp.where(pr.col_pos >= 0, pid_at_col, -1)
     gidx = jnp.maximum(pid_at_col, 0)
     has = (pid_at_col >= 0)
-    gcol = lambda kv: jnp.pad(jnp.swapaxes(jnp.where(has[..., None, None], jnp.take_along_axis(
-        kv, gidx[..., None, None], axis=1), 0), 1, 2), [(0, 0), (0, 0), (0, T - t), (0, 0)])
+    gcol = lambda kv: pr.pad_cols(jnp.swapaxes(jnp.where(has[..., None, None], jnp.take_along_axis(
+        kv, gidx[..., None, None], axis=1), 0), 1, 2))
+    tail = [(0, 0), (0, pr.max_len - t)]
     st.update(g_k=tuple(gcol(k) for k in gks), g_v=tuple(gcol(v) for v in gvs),
-              g_pid=jnp.pad(pid_at_col, [(0, 0), (0, T - t)], constant_values=-1),
-              g_doc=jnp.pad(jnp.where(has, jnp.take_along_axis(gdoc, gidx, axis=1), 0), [(0, 0), (0, T - t)]))
+              g_pid=jnp.pad(pid_at_col, tail, constant_values=-1),
+              g_doc=jnp.pad(jnp.where(has, jnp.take_along_axis(gdoc, gidx, axis=1), 0), tail))
     is_eos_patch = (gtok == cfg.eos_id) & (pos_t[None] < n_patches[:, None])
     st["gdoc_now"] = jnp.sum(is_eos_patch, axis=1, dtype=jnp.int32)
     last_patch = jnp.clip(n_patches - 1, 0, t - 1)
     dk, dv = jax.vmap(lambda g: decoder_patch_kv(cfg, params, g))(g_out[rows, last_patch])
     st.update(dkv_k=dk, dkv_v=dv)
+    return g_out
 
-    # ---- local decoder (dpid(i) = P(i+1) - 1)
-    dpid = jnp.clip(cs[:, 1:] - 2, 0, t - 1)
+
+def _prefill_decoder(cfg: BLTConfig, params: dict, pr: _Prompts, pat: dict, enc: dict, g_out: jax.Array,
+                     st: dict) -> None:
+    """Local decoder (``dpid(i) = P(i+1) - 1``): ring caches and the logits of each row's last byte."""
+    b, t, pad = pr.b, pr.t, pr.pad
+    dpid = jnp.clip(pat["cs"][:, 1:] - 2, 0, t - 1)
     dspec = local_decoder.decoder_spec(cfg)
-    drope = rope_tables(jnp.broadcast_to(pos_t[None], (b, t)), dspec.head_dim, dspec.rope_theta)
+    drope = rope_tables(jnp.broadcast_to(pr.pos_t[None], (b, t)), dspec.head_dim, dspec.rope_theta)
     kv = local_decoder.patch_kv(params, cfg, g_out)
     dec = params["decoder"]
     dcross = _layers(dec["cross"])
-    y = h
+    y = enc["h"]
     dks, dvs = [], []
     for i, p in enumerate(_layers(dec["layers"])):
         if cfg.cross_attn_all_layers_decoder or i == 0:
             c = i if cfg.cross_attn_all_layers_decoder else 0
             y = cross_attend(dcross[c], y, kv, kind="decoder", ids_bn=dpid, n_patches=t,
                              k=cfg.cross_attn_k, n_heads=cfg.cross_attn_nheads, eps=cfg.norm_eps)
-        y, k, v = block_kv(p, y, dspec, drope, doc_arg)
+        y, k, v = block_kv(p, y, dspec, drope, enc["doc_arg"])
         dks.append(k)
         dvs.append(v)
+    cl = ring_slots(cfg.local_attention_window_len, pr.max_len)
     st.update(dec_k=tuple(kv_ring(k, pad, t, cl) for k in dks), dec_v=tuple(kv_ring(v, pad, t, cl) for v in dvs))
-    y_last = rms_norm(y[rows, last], dec["norm"], cfg.norm_eps)
+    y_last = rms_norm(y[pr.rows, pr.last], dec["norm"], cfg.norm_eps)
     st["logits"] = linear(y_last, dec["output"]).astype(jnp.float32)
+
+
+def prefill(params: dict, eparams: Optional[dict], cfg: BLTConfig, sizes: DecodeSizes,
+            tokens_bt: jax.Array, length_b: jax.Array) -> dict:
+    """Run the prompts in parallel and return the decode state (module docstring) as if every byte
+    had been stepped in one by one.
+
+    ``tokens [B, prompt_len]`` are right-aligned (``length_b >= 1`` real tokens at the end of each
+    row, BOE 0 before).  The work is done on left-aligned copies with the ordinary full-sequence model
+    pieces, then scattered into the right-aligned caches, in four phases: patching (entropy model and
+    ``patcher.model_start_mask``, the rule ``patcher.model_rule_start`` that :func:`step` applies byte
+    by byte), local encoder, global model over the completed patches, local decoder."""
+    check_supported(cfg)
+    b, t = tokens_bt.shape
+    if t != sizes.prompt_len:
+        raise ValueError(f"prefill tokens have {t} columns, sizes.prompt_len is {sizes.prompt_len}")
+    length_b = length_b.astype(jnp.int32)
+    pad = t - length_b
+    pos_t = jnp.arange(t)
+    pr = _Prompts(b=b, t=t, max_len=sizes.max_len, rows=jnp.arange(b), length_b=length_b, pad=pad,
+                  last=length_b - 1, tok_l=_left_align(tokens_bt, pad), pos_t=pos_t,
+                  col_pos=pos_t[None, :] - pad[:, None])
+    st: dict = {"n": jnp.int32(t), "pad": pad}
+    pat = _prefill_patching(cfg, eparams, sizes, pr, st)
+    enc = _prefill_encoder(cfg, params, pr, pat, st)
+    g_out = _prefill_global(cfg, params, pr, pat, enc, st)
+    _prefill_decoder(cfg, params, pr, pat, enc, g_out, st)
     return st
 
 
@@ -799,6 +817,6 @@ def step(params: dict, eparams: Optional[dict], cfg: BLTConfig, state: dict, tok
 
 __all__ = ["DecodeSizes", "ring_slots", "check_supported", "block_kv", "stack_prefill", "attend_one",
            "block_step_row", "stack_step_row", "unstack", "split_params", "ring_columns", "ring_from_left",
-           "kv_ring", "write_col", "write_val", "ring_mask_row", "rule_start", "next_start", "entropy_prefill",
+           "kv_ring", "write_col", "write_val", "ring_mask_row", "next_start", "entropy_prefill",
            "entropy_step_row", "encoder_step_row", "encoder_patch_row", "decoder_patch_kv", "global_step_row",
            "decoder_step_row", "prefill", "step"]

@@ -30,7 +30,8 @@ def patch_doc_ids(global_tokens_bp: jax.Array, eos_id: int) -> jax.Array:
     return jnp.cumsum(ends, axis=1) - ends
 
 
-def forward(params: dict, cfg: BLTConfig, slots_bqd: jax.Array, global_tokens_bp: jax.Array) -> tuple[jax.Array, jax.Array]:
+def forward(params: dict, cfg: BLTConfig, slots_bqd: jax.Array,
+            global_tokens_bp: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Returns (global input [B, P, k*dE], global output [B, P, dG])."""
     gp = params["global"]
     b = slots_bqd.shape[0]

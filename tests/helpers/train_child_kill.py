@@ -1,8 +1,8 @@
 """Fault injection for the resume tests: run ``bltjax.train`` in this process and SIGKILL it mid-run.
 
-    python tests/train_child_kill.py --after-save-start STEP -- [bltjax.train arguments]
-    python tests/train_child_kill.py --in-step CALL -- [bltjax.train arguments]
-    python tests/train_child_kill.py --sigterm-in-step CALL -- [bltjax.train arguments]
+    python tests/helpers/train_child_kill.py --after-save-start STEP -- [bltjax.train arguments]
+    python tests/helpers/train_child_kill.py --in-step CALL -- [bltjax.train arguments]
+    python tests/helpers/train_child_kill.py --sigterm-in-step CALL -- [bltjax.train arguments]
 
 ``--after-save-start STEP``: kill right after ``CheckpointManager.save`` for STEP returned, i.e. while the
 async save is still being written.  ``--in-step CALL``: kill right after the CALL-th train step of this
@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def main() -> None:
