@@ -398,11 +398,21 @@ def summary(report: EvalReport) -> str:
 
 
 def write_report(report: EvalReport, out_dir: str | pathlib.Path) -> dict[str, pathlib.Path]:
-    """``report.md`` (Markdown table), ``report.png`` (bar charts), ``report.json`` in ``out_dir``."""
+    """``report.md`` (Markdown table), ``report.png`` (bar charts), ``report.json`` in ``out_dir``
+    (a local directory or ``gs://...``: then written locally first and uploaded)."""
+    from bltjax.storage import LocalMirror
+
+    mirror = LocalMirror(out_dir)
+    try:
+        local = _write_report_files(report, mirror.local)
+    finally:
+        mirror.close()
+    return {k: mirror.remote / p.name for k, p in local.items()}
+
+
+def _write_report_files(report: EvalReport, out: pathlib.Path) -> dict[str, pathlib.Path]:
     from bltjax import viz
 
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "report.md", "png": out / "report.png", "json": out / "report.json"}
     md = [f"# Evaluation report: `{pathlib.Path(report.checkpoint).name}`", "", summary(report).replace("\n", "  \n"),
           "", format_table(report, markdown=True), "",
@@ -449,7 +459,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(summary(report))
     print(format_table(report))
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+        from bltjax.storage import as_path
+
+        as_path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
         print(f"wrote {args.json}")
     if args.report:
         paths = write_report(report, args.out_dir)

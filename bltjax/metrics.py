@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import pathlib
 import sys
 import time
 from collections.abc import Mapping

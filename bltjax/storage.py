@@ -107,29 +107,18 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get(ENV_CACHE_DIR) or pathlib.Path.home() / ".cache" / "bltjax").expanduser()
 
 
-def stage_local(path: Any, *, root: Optional[os.PathLike] = None, what: str = "file") -> pathlib.Path:
-    """A local copy of ``path``: the path itself when it is local, else a cached download.
-
-    The cache key is the remote URL; a cached copy is reused when its size still matches the remote
-    object's (a changed object of the same size is not detected: do not rewrite shards in place).
-    Downloads go to a temporary file renamed into place, so concurrent stagers (several processes of
-    one host) and interrupted downloads never leave a partial file behind.
-    """
-    if not is_remote(path):
-        return pathlib.Path(os.fspath(as_path(path)))
-    src = as_path(path)
-    url = display(path)
+def _download(src: epath.Path, dst: pathlib.Path, what: str) -> pathlib.Path:
+    """Copy remote ``src`` to ``dst`` unless a copy of the same size is there (temp file + rename, so
+    concurrent stagers and interrupted downloads never leave a partial file)."""
+    url = display(src)
     size = src.stat().length
-    base = pathlib.Path(root) if root is not None else cache_dir() / "remote"
-    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    dst = base / digest / src.name
     if dst.is_file() and dst.stat().st_size == size:
         log.info("using the local copy of %s at %s", url, dst)
         return dst
     dst.parent.mkdir(parents=True, exist_ok=True)
     log.warning("staging %s %s (%.1f MB) to the local cache %s (set %s to move the cache)",
                 what, url, size / 1e6, dst, ENV_CACHE_DIR)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{src.name}.")
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
     try:
         with os.fdopen(fd, "wb") as out, src.open("rb") as f:
             shutil.copyfileobj(f, out, length=16 << 20)
@@ -139,6 +128,40 @@ def stage_local(path: Any, *, root: Optional[os.PathLike] = None, what: str = "f
             os.unlink(tmp)
         raise
     return dst
+
+
+def _cache_slot(url: str, root: Optional[os.PathLike]) -> pathlib.Path:
+    base = pathlib.Path(root) if root is not None else cache_dir() / "remote"
+    return base / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+
+
+def stage_local(path: Any, *, root: Optional[os.PathLike] = None, what: str = "file") -> pathlib.Path:
+    """A local copy of ``path``: the path itself when it is local, else a cached download.
+
+    The cache key is the remote URL (under ``root``, default ``cache_dir()/remote``); a cached copy is
+    reused when its size still matches the remote object's (a changed object of the same size is not
+    detected: do not rewrite shards in place).
+    """
+    if not is_remote(path):
+        return pathlib.Path(os.fspath(as_path(path)))
+    src = as_path(path)
+    return _download(src, _cache_slot(display(path), root) / src.name, what)
+
+
+def stage_dir(path: Any, *, root: Optional[os.PathLike] = None, what: str = "directory") -> pathlib.Path:
+    """A local copy of a directory tree (every file below it, cached like :func:`stage_local`);
+    local paths are returned unchanged."""
+    if not is_remote(path):
+        return pathlib.Path(os.fspath(as_path(path)))
+    src = as_path(path)
+    url = display(path).rstrip("/")
+    dst_root = _cache_slot(url, root) / src.name
+    files = files_under(src)
+    if not files:
+        raise FileNotFoundError(f"{url}: no files to stage")
+    for f in files:
+        _download(f, dst_root / os.fspath(f)[len(url) + 1:], f"{what} file")
+    return dst_root
 
 
 class LocalMirror:
@@ -205,5 +228,5 @@ class LocalMirror:
                 self._tmp = None
 
 
-__all__ = ["ENV_CACHE_DIR", "is_remote", "as_path", "display", "write_text_atomic", "files_under", "move_tree", "cache_dir", "stage_local",
-           "LocalMirror"]
+__all__ = ["ENV_CACHE_DIR", "is_remote", "as_path", "display", "write_text_atomic", "files_under", "move_tree",
+           "cache_dir", "stage_local", "stage_dir", "LocalMirror"]

@@ -1,4 +1,4 @@
-"""``gs://`` paths against a Cloud Storage emulator on loopback (tests/gcs_emulator.py): storage helpers,
+"""``gs://`` paths against a Cloud Storage emulator on loopback (tests/helpers/gcs_emulator.py): storage helpers,
 the metrics writer's local mirror, Orbax checkpoints (save, restore, corrupt-step quarantine) and data
 sources (text files, ArrayRecord shards staged to a local cache)."""
 
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from gcs_emulator import BUCKET, gcs  # noqa: F401  (fixture)
+from helpers.gcs_emulator import BUCKET, gcs  # noqa: F401  (fixture)
 
 from bltjax import storage
 from bltjax.metrics import MetricsWriter, read_jsonl

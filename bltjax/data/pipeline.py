@@ -49,7 +49,6 @@ import copy
 import dataclasses
 import functools
 import hashlib
-import pathlib
 
 import grain
 import numpy as np
