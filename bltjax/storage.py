@@ -38,6 +38,21 @@ log = logging.getLogger(__name__)
 ENV_CACHE_DIR = "BLTJAX_CACHE_DIR"
 
 
+def _no_listing_cache() -> None:
+    """gcsfs caches directory listings for the life of the process and only invalidates them on its own
+    writes; other hosts (and other processes) write the same workdir, so a cached listing would hide their
+    checkpoints.  Turn the cache off for GCS filesystems created from now on (unless configured)."""
+    try:
+        import fsspec.config
+    except ImportError:  # pragma: no cover - fsspec comes with gcsfs
+        return
+    for proto in ("gs", "gcs"):
+        fsspec.config.conf.setdefault(proto, {}).setdefault("use_listings_cache", False)
+
+
+_no_listing_cache()
+
+
 def is_remote(path: Any) -> bool:
     """True for ``scheme://...`` paths other than ``file://`` (``gs://``, ``s3://``, ...)."""
     s = os.fspath(path) if not isinstance(path, str) else path

@@ -1,8 +1,9 @@
 """A Google Cloud Storage emulator on loopback for the ``gs://`` tests.
 
-``gcs_emulator()`` starts ``gcp-storage-emulator`` (PyPI, in the ``test`` extra) as a subprocess on a
-free 127.0.0.1 port with an in-memory store and one bucket, waits until it answers, and yields the
-environment variables that point every GCS client of bltjax at it:
+``gcs_emulator()`` starts ``gcp-storage-emulator`` (PyPI, in the ``test`` extra; with the header fix of
+``gcs_emulator_server.py``) as a subprocess on a free 127.0.0.1 port with an in-memory store and one
+bucket, waits until it answers, and yields the environment variables that point every GCS client of
+bltjax at it:
 
 * ``STORAGE_EMULATOR_HOST``: gcsfs, hence ``etils.epath`` (config.json, metrics, TensorBoard events,
   data files, Orbax's own metadata files);
@@ -70,8 +71,7 @@ def gcs_emulator(log_path: pathlib.Path, timeout_s: float = 60.0) -> Iterator[di
     """Run the emulator; yield the environment variables for clients (also set in ``os.environ``)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
-           "--in-memory", "--default-bucket", BUCKET]
+    cmd = [sys.executable, str(pathlib.Path(__file__).with_name("gcs_emulator_server.py")), str(port), BUCKET]
     with open(log_path, "wb") as log:  # the emulator prints harmless BrokenPipe tracebacks
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
