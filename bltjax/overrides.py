@@ -6,11 +6,12 @@
 fails with "did you mean" suggestions (siblings first, then fields anywhere in the tree).
 ``coerce_value`` is also what ``train_config.config_from_dict`` uses to read a stored config back.
 
-Why not a library: ml_collections ``ConfigDict`` / ``config_flags`` (big_vision) and draccus / pyrallis
-(Levanter) either need their own config classes instead of plain frozen dataclasses, or, for draccus,
-replace the command line parser and still give no did-you-mean suggestions for a mistyped nested key.
-The ~250 lines here keep the config classes plain, check every value against its annotation and
-``Literal`` choices before any compute, and suggest the closest key.
+Why not a library: big_vision's overrides come from ml_collections through absl flags
+(``--config.a.b=v``, built around ``ConfigDict``); Levanter's draccus (a pyrallis fork) turns every
+dataclass field into an argparse flag.  Either would replace the trainer's ``--set key=value``
+syntax and the errors users see for a mistyped key (here: the closest valid keys, siblings first)
+and would add a dependency for ~300 lines that keep the config classes plain frozen dataclasses and
+check every value against its annotation and ``Literal`` choices before any compute.
 """
 
 from __future__ import annotations

@@ -85,6 +85,9 @@ def config_path(arg: Optional[str]) -> str:
     if arg is None or arg == "default":
         return str(DEFAULT_CONFIG)
     file, sub = split_config_arg(arg)
+    if sub is None and ":" in arg and "/" not in arg:  # a bare name with an argument: "blt_paper:1b"
+        head, _, sub = arg.rpartition(":")
+        file = pathlib.Path(head)
     path = file.expanduser()
     suffix = f":{sub}" if sub is not None else ""
     if path.is_file() or "/" in str(file) or str(file).endswith(".py"):

@@ -310,8 +310,9 @@ class TrainLoop:
         self.setup, self.cfg, self.mngr, self.stop = setup, cfg, mngr, stop
         self.state, self.step, self.last_saved = state, start, start
         self.flags: list[tuple[int, Any]] = []  # (step, device "nonfinite" flag) not yet checked
-        self.metrics_log = RunLog(cfg, MetricsWriter(setup.workdir, tensorboard=cfg.tensorboard),
-                                  ConsoleProgress(cfg.steps, start, stream=sys.stdout), flops_per_step,
+        writer = MetricsWriter(setup.workdir, tensorboard=cfg.tensorboard, filename=workdir_lib.METRICS_FILE,
+                               tb_subdir=workdir_lib.TENSORBOARD_SUBDIR)
+        self.metrics_log = RunLog(cfg, writer, ConsoleProgress(cfg.steps, start, stream=sys.stdout), flops_per_step,
                                   jax.device_count())
         self.batch = sharding.shard_batch(next(setup.train_iter), setup.mesh)  # the first step's batch
         self.train_fn, self.eval_fn = self._compile(steps)

@@ -276,3 +276,25 @@ def test_calibrated_threshold_carries_over_to_training_patching_on_held_out_text
 
     assert abs(training_size(res.threshold) / target - 1) < 0.05
     assert abs(training_size(res.threshold * 1.1) / target - 1) > 0.05  # the threshold is what matters
+
+
+def test_entropy_file_reader_checks_the_format_tag(tmp_path):
+    """The one entropies reader refuses a precompute directory written in another format."""
+    from bltjax.data import entropy_file
+
+    np.save(tmp_path / "entropies_train.npy", np.zeros(5, np.float16))
+    np.testing.assert_array_equal(entropy_file.open_entropies(tmp_path / "entropies_train.npy"), np.zeros(5))
+    (tmp_path / "index.json").write_text('{"format": "something-else"}')
+    with pytest.raises(ValueError, match="unknown format 'something-else'"):
+        entropy_file.open_entropies(tmp_path / "entropies_train.npy")
+
+
+def test_deprecated_patching_alias_forwards():
+    import importlib
+    import sys
+
+    sys.modules.pop("bltjax.patching", None)
+    with pytest.warns(DeprecationWarning, match="bltjax.entropy_tools"):
+        patching = importlib.import_module("bltjax.patching")
+    assert patching.main is entropy_tools.main
+    assert patching.open_checkpoint.__module__ == "bltjax.pretrained"

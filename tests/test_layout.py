@@ -15,8 +15,6 @@ MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
 
 LONG_MODULES: dict[str, str] = {
-    "bltjax/model/decode.py": "the KV-cached decoder: its state table, per-component steps and the prefill/step "
-                              "driver share private helpers (ring layout, column writes) that only make sense together",
     "bltjax/io/release.py": "the complete official params.json / state-dict mapping of both model kinds, one table "
                             "per component; splitting it would separate the key tables from their inverse",
     "bltjax/pretrained.py": "the one loader of every checkpoint layout plus the loaded model's patch/entropies/logits "

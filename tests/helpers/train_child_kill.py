@@ -30,7 +30,7 @@ def main() -> None:
     args, rest = ap.parse_known_args()
     rest = [a for a in rest if a != "--"]
 
-    from bltjax import checkpoint, train
+    from bltjax import checkpoint, train, train_loop
 
     def die() -> None:
         sys.stdout.flush()
@@ -49,7 +49,7 @@ def main() -> None:
         checkpoint.CheckpointManager.save = save
 
     if args.in_step is not None or args.sigterm_in_step is not None:
-        original_compile = train.compile_steps
+        original_compile = train_loop.compile_steps
         calls = {"n": 0}
 
         def compile_steps(*a, **kw):
@@ -70,7 +70,7 @@ def main() -> None:
 
             return train_fn, eval_exec
 
-        train.compile_steps = compile_steps
+        train_loop.compile_steps = compile_steps  # what TrainLoop calls
 
     sys.exit(train.main(rest))
 
