@@ -71,6 +71,24 @@ def as_path(path: Any) -> epath.Path:
     return epath.Path(os.path.abspath(os.path.expanduser(s)))
 
 
+def bucket_error(path: Any) -> Optional[str]:
+    """None when the bucket of a remote ``path`` can be reached (or ``path`` is local), else a one-line
+    reason.  Checked before a run writes anything: creating directories on GCS would otherwise try to
+    create a misspelt bucket."""
+    if not is_remote(path):
+        return None
+    s = display(path)
+    scheme, rest = s.split("://", 1)
+    bucket = rest.split("/", 1)[0]
+    try:
+        if as_path(f"{scheme}://{bucket}").exists():
+            return None
+        return f"bucket {scheme}://{bucket} does not exist or is not visible with the current credentials"
+    except Exception as e:  # noqa: BLE001 -- auth / network errors of any client library
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"cannot reach bucket {scheme}://{bucket} ({type(e).__name__}: {first[:300]})"
+
+
 def display(path: Any) -> str:
     """The path as a user typed it (``gs://b/x``, not epath's internal form)."""
     return os.fspath(path)
@@ -243,5 +261,5 @@ class LocalMirror:
                 self._tmp = None
 
 
-__all__ = ["ENV_CACHE_DIR", "is_remote", "as_path", "display", "write_text_atomic", "files_under", "move_tree",
-           "cache_dir", "stage_local", "stage_dir", "LocalMirror"]
+__all__ = ["ENV_CACHE_DIR", "is_remote", "as_path", "bucket_error", "display", "write_text_atomic", "files_under",
+           "move_tree", "cache_dir", "stage_local", "stage_dir", "LocalMirror"]

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from bltjax import workdir as workdir_lib
+from bltjax.storage import bucket_error
 from bltjax.train_loop import (  # noqa: F401
     EXIT_DIVERGED,
     EXIT_OK,
@@ -179,6 +180,9 @@ def prepare(args: argparse.Namespace) -> Setup:
     cfg = resolve_config(args)
     raw_workdir = str(args.workdir or cfg.workdir or pathlib.Path("runs") / cfg.name)
     workdir = workdir_lib.resolve(raw_workdir)  # gs://bucket/run: an etils.epath.Path (docs/cloud_storage.md)
+    problem = bucket_error(workdir)
+    if problem is not None:
+        raise UsageError(f"--workdir {raw_workdir}: {problem}")
     if workdir.is_file():
         raise UsageError(f"--workdir {workdir} exists and is not a directory")
     cfg = dataclasses.replace(cfg, workdir=str(workdir))

@@ -18,6 +18,7 @@ import warnings
 from typing import Any, Optional
 
 from bltjax import workdir as workdir_lib
+from bltjax.storage import is_remote
 
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED = 0, 2, 3
 
@@ -425,7 +426,7 @@ def run(setup: Setup) -> int:
     cfg, mesh, workdir = setup.cfg, setup.mesh, setup.workdir
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
     topology = run_topology(cfg, mesh)
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and not is_remote(workdir):  # GCS has no directories to create
         workdir.mkdir(parents=True, exist_ok=True)
     # Every process reads the previous topology (the workdir is shared): they must agree on how to restore.
     previous_topology = workdir_lib.read_previous_topology(workdir)

@@ -5,6 +5,7 @@ sources (text files, ArrayRecord shards staged to a local cache)."""
 from __future__ import annotations
 
 import json
+import pathlib
 import warnings
 
 import jax
@@ -122,3 +123,14 @@ def test_text_and_array_record_sources_read_from_gcs(tmp_path, monkeypatch):
     assert [src[i] for i in range(len(src))] == [b"alpha", b"beta", b"gamma"]
     assert src.locate(2) == (url("d", "ar", "shard1.array_record"), 0)
     assert all(str(p).startswith(str(tmp_path / "cache")) for p in src.local_paths)
+
+
+def test_train_refuses_a_workdir_in_a_missing_bucket(capsys):
+    from bltjax import train
+
+    tiny = str(pathlib.Path(__file__).parent / "helpers" / "train_child_tiny.py")
+    rc = train.main(["--config", tiny, "--workdir", "gs://no-such-bucket-bltjax/run"])
+    assert rc == train.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: --workdir gs://no-such-bucket-bltjax/run: bucket gs://no-such-bucket-bltjax does not "
+                   "exist or is not visible with the current credentials")
