@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 import warnings
 from typing import Any, Optional
@@ -32,7 +31,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocm
 
-from bltjax.storage import move_tree
+from bltjax.storage import as_path, move_tree
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +44,7 @@ class CheckpointCorruptionWarning(UserWarning):
 
 
 def _as_path(directory: Any) -> epath.Path:
-    s = os.fspath(directory)
-    if "://" not in s:  # local paths: Orbax wants them absolute
-        s = os.path.abspath(s)
-    return epath.Path(s)
+    return as_path(directory)  # local paths made absolute (Orbax wants them so), gs:// kept
 
 
 def _sync(name: str) -> None:
