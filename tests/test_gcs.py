@@ -134,3 +134,23 @@ def test_train_refuses_a_workdir_in_a_missing_bucket(capsys):
     err = capsys.readouterr().err.strip()
     assert err == ("error: --workdir gs://no-such-bucket-bltjax/run: bucket gs://no-such-bucket-bltjax does not "
                    "exist or is not visible with the current credentials")
+
+
+def test_precomputed_entropies_written_to_and_read_from_gcs(fixture_dir, tmp_path, monkeypatch):
+    from bltjax import entropy_tools
+    from bltjax.data.entropy_file import load_precomputed
+
+    monkeypatch.setenv(storage.ENV_CACHE_DIR, str(tmp_path / "cache"))
+    model = entropy_tools.load_entropy_model(fixture_dir / "entropy_model")
+    data = tmp_path / "docs"
+    data.mkdir()
+    (data / "a.txt").write_text("Bytes, not tokens: the patcher reads entropies.\n" * 3)
+    (data / "b.txt").write_text("caf\u00e9 au lait\n" * 5)
+    local = entropy_tools.precompute_entropies(model, str(data), tmp_path / "ent", chunk_len=64, progress=False)
+    remote = entropy_tools.precompute_entropies(model, str(data), url("ent"), chunk_len=64, progress=False)
+    assert remote["train"].path == url("ent")
+    index = json.loads(storage.as_path(url("ent", "index.json")).read_text())
+    assert index["entropies_path"] == url("ent", "entropies_{split}.npy")
+    back = load_precomputed(url("ent"))  # the .npy is staged to the local cache to be memory-mapped
+    np.testing.assert_array_equal(back.entropies, local["train"].entropies)
+    np.testing.assert_array_equal(back.offsets, local["train"].offsets)

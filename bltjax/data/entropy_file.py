@@ -76,7 +76,9 @@ class PrecomputedEntropies:
 def load_precomputed(path: str | pathlib.Path, split: str = "train") -> PrecomputedEntropies:
     """Open entropies written by ``precompute_entropies``: ``path`` is the output directory (or its
     ``index.json``); the array is memory-mapped."""
-    p = pathlib.Path(path)
+    from bltjax.storage import as_path, is_remote
+
+    p = as_path(path) if is_remote(path) else pathlib.Path(path)
     index_path = p if p.name == "index.json" else p / "index.json"
     if not index_path.is_file():
         raise ValueError(f"{path}: no index.json (not a precompute output directory)")
@@ -85,7 +87,8 @@ def load_precomputed(path: str | pathlib.Path, split: str = "train") -> Precompu
         raise ValueError(f"{index_path}: no split {split!r} (has {sorted(meta['splits'])})")
     info = meta["splits"][split]
     ent = open_entropies(index_path.parent / info["entropies"])
-    offsets = np.load(index_path.parent / info["offsets"])
+    with (index_path.parent / info["offsets"]).open("rb") as f:
+        offsets = np.load(f)
     if ent.ndim != 1 or ent.shape[0] != offsets[-1]:
         raise ValueError(f"{index_path.parent}: entropies ({ent.shape}) do not match the offsets ({offsets[-1]})")
     return PrecomputedEntropies(path=str(index_path.parent), entropies=ent, offsets=offsets, meta=meta)
