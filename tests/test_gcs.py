@@ -154,3 +154,10 @@ def test_precomputed_entropies_written_to_and_read_from_gcs(fixture_dir, tmp_pat
     back = load_precomputed(url("ent"))  # the .npy is staged to the local cache to be memory-mapped
     np.testing.assert_array_equal(back.entropies, local["train"].entropies)
     np.testing.assert_array_equal(back.offsets, local["train"].offsets)
+
+
+def test_tfds_data_dir_on_gcs_is_refused_with_advice():
+    from bltjax.data.sources import DataError, TfdsSource
+
+    with pytest.raises(DataError, match="use data.source='array_record'"):
+        TfdsSource("my_corpus", data_dir=url("tfds"))

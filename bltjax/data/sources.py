@@ -319,6 +319,10 @@ class TfdsSource:
 
         if not name:
             raise DataError("TFDS source needs a dataset name (data.tfds_name)")
+        if data_dir and "://" in data_dir:
+            raise DataError(f"TFDS data_dir {data_dir!r}: remote TFDS directories are not read directly (ArrayRecord "
+                            "opens local files only); use data.source='array_record' with data.path set to the "
+                            "dataset's gs://.../*.array_record-* shards (staged to a local cache), or a gcsfuse mount")
         if data_dir and not pathlib.Path(data_dir).expanduser().is_dir():
             raise DataError(f"TFDS data_dir {data_dir!r} does not exist")
         self.where = f"tfds:{name}[{split}]"
