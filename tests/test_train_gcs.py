@@ -141,8 +141,11 @@ def test_load_run_eval_and_generate_from_the_bucket(runs):
         (tmp / name).write_bytes(data)
     out = f"gs://{BUCKET}/eval/report.json"
     assert eval_cli.main(["--checkpoint", gs_run, "--data", f"gs://{BUCKET}/eval/*.txt", "--seq-len", "64",
-                          "--json", out, "--no-progress"]) == 0
+                          "--json", out, "--report", "--out-dir", f"gs://{BUCKET}/eval/report", "--no-progress"]) == 0
     got = json.loads(storage.as_path(out).read_text())
+    report = {p.name: p for p in storage.as_path(f"gs://{BUCKET}/eval/report").iterdir()}
+    assert sorted(report) == ["report.json", "report.md", "report.png"]
+    assert json.loads(report["report.json"].read_text()) == got
     local = eval_cli.evaluate_paths(ref, f"{tmp}/a.txt,{tmp}/b.txt", seq_len=64, progress=False).to_dict()
     assert got["total"]["bits_per_byte"] == local["total"]["bits_per_byte"]
     assert [f["name"] for f in got["files"]] == [f"gs://{BUCKET}/eval/a.txt", f"gs://{BUCKET}/eval/b.txt"]

@@ -66,19 +66,33 @@ def _reset_gcsfs() -> None:
         backend.fsspec_backend._get_filesystem.cache_clear()
 
 
+def _start(log_path: pathlib.Path, timeout_s: float, attempts: int = 3) -> tuple[subprocess.Popen, str]:
+    """Start the emulator on a free port; retry on another port if it dies first (port taken meanwhile)."""
+    for attempt in range(attempts):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, str(pathlib.Path(__file__).with_name("gcs_emulator_server.py")), str(port), BUCKET]
+        with open(log_path, "ab") as log:  # the emulator prints harmless BrokenPipe tracebacks
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            _wait_ready(url, proc, timeout_s)
+            return proc, url
+        except RuntimeError:
+            proc.kill()
+            proc.wait(timeout=30)
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 @contextlib.contextmanager
 def gcs_emulator(log_path: pathlib.Path, timeout_s: float = 60.0) -> Iterator[dict[str, str]]:
     """Run the emulator; yield the environment variables for clients (also set in ``os.environ``)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, str(pathlib.Path(__file__).with_name("gcs_emulator_server.py")), str(port), BUCKET]
-    with open(log_path, "wb") as log:  # the emulator prints harmless BrokenPipe tracebacks
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc, url = _start(log_path, timeout_s)
     env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
     saved = {k: os.environ.get(k) for k in env}
     try:
-        _wait_ready(url, proc, timeout_s)
         os.environ.update(env)
         _reset_gcsfs()
         yield env
