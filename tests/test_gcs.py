@@ -161,3 +161,35 @@ def test_tfds_data_dir_on_gcs_is_refused_with_advice():
 
     with pytest.raises(DataError, match="use data.source='array_record'"):
         TfdsSource("my_corpus", data_dir=url("tfds"))
+
+
+def _upload(local_dir: pathlib.Path, dest: str, names: list[str]) -> None:
+    for name in names:
+        storage.as_path(f"{dest}/{name}").write_bytes((local_dir / name).read_bytes())
+
+
+def _assert_same_model(a, b) -> None:
+    assert a.config == b.config and a.source == b.source
+    for tree_a, tree_b in ((a.params, b.params), (a.entropy_params, b.entropy_params)):
+        assert jax.tree.structure(tree_a) == jax.tree.structure(tree_b)
+        jax.tree.map(np.testing.assert_array_equal, jax.device_get(tree_a), jax.device_get(tree_b))
+
+
+def test_load_pretrained_release_and_hf_layouts_from_gcs(fixture_dir, tmp_path, monkeypatch, caplog):
+    """Layouts whose weight files need local readers (torch .pth, safetensors) are staged, then loaded."""
+    from bltjax.pretrained import load_pretrained
+
+    monkeypatch.setenv(storage.ENV_CACHE_DIR, str(tmp_path / "cache"))
+    release = url("models", "release")  # a release BLT with its entropy model in entropy_model/
+    _upload(fixture_dir, release, ["params.json", "consolidated.pth", "entropy_model/params.json",
+                                   "entropy_model/consolidated.pth"])
+    with caplog.at_level("WARNING", logger="bltjax.storage"):
+        got = load_pretrained(release)
+    assert "staging release weights gs://" in caplog.text
+    _assert_same_model(got, load_pretrained(fixture_dir))
+    assert got.source == "release" and got.entropy_params is not None
+
+    hf_local = fixture_dir.parent / "hf-tiny"
+    hf = url("models", "hf")
+    _upload(hf_local, hf, ["config.json", "generation_config.json", "model.safetensors"])
+    _assert_same_model(load_pretrained(hf), load_pretrained(hf_local))
