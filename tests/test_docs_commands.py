@@ -6,7 +6,8 @@ is checked against the package, without running anything.
   and the ``bltjax-*`` console scripts (``setup.cfg`` ``console_scripts``), the module must exist, must not
   be a deprecated alias, and its ``build_parser()`` must accept the arguments.  For ``bltjax.train``,
   ``--config FILE[:ARG]`` must load and every ``--set key=value`` must be a valid override of that config
-  (``bltjax.overrides``).  ``python path/to/script.py`` and ``tools/*.sh`` must name files of the repository.
+  (``bltjax.overrides``).  No argument may point outside the clone (``../``).
+  ``python path/to/script.py`` and ``tools/*.sh`` must name files of the repository.
   Other programs (``pip``, ``git``, ``tensorboard``, ``gcloud``, ...) are not checked.
 * ```python blocks: must parse; every ``import bltjax...`` / ``from bltjax... import name`` and every
   ``bltjax.a.b`` attribute chain must resolve (modules are imported, nothing is called).
@@ -215,8 +216,17 @@ def check_train_config(ns: argparse.Namespace) -> None:
         raise AssertionError(f"--set: {e}") from e
 
 
+def check_paths_inside_clone(args: list[str]) -> None:
+    """A user's clone has nothing beside it: no argument may reach outside it with ``../``."""
+    for a in args:
+        value = a.partition("=")[2] if a.startswith("-") or "=" in a else a
+        if value.startswith("../") or "/../" in value or a.startswith("../"):
+            raise AssertionError(f"{a}: a path outside the repository (a user's clone has nothing beside it)")
+
+
 def check_cli(module_name: str, args: list[str]) -> None:
     module = import_cli(module_name)
+    check_paths_inside_clone(args)
     try:
         with parser_errors_raise():
             ns = module.build_parser().parse_args(args)
@@ -412,6 +422,8 @@ def test_checker_catches_stale_commands(scripts, monkeypatch):
         "python -m bltjax.train --config experiments/no_such_experiment.py": "cannot load",
         "python -m bltjax.train --config experiments/blt_paper.py:3t": "cannot load",
         "python benchmarks/no_such_benchmark.py": "no such file",
+        "python -m bltjax.eval --checkpoint c --data ../shared/corpora/x.txt": "outside the repository",
+        "python -m bltjax.train --set data.path=../shared/x.txt": "outside the repository",
     }
     for text, expected in bad.items():
         with pytest.raises(AssertionError, match=re.escape(expected)):
