@@ -175,20 +175,22 @@ def import_cli(name: str) -> Any:
 
 
 def check_override_key(cfg: Any, key: str) -> None:
-    """The dotted key names a field of the config (for placeholder values)."""
+    """The dotted key names a field of the config (for placeholder values), walking it as --set does."""
     from bltjax.overrides import field_types, optional_dataclass
 
-    cls = type(cfg)
-    parts = key.split(".")
+    obj, parts = cfg, key.split(".")
     for depth, part in enumerate(parts):
-        types = field_types(cls)
-        if part not in types:
-            raise AssertionError(f"--set {key}: unknown config key {'.'.join(parts[:depth + 1])!r}")
+        where = ".".join(parts[:depth + 1])
+        if part not in {f.name for f in dataclasses.fields(obj) if f.init}:
+            raise AssertionError(f"--set {key}: unknown config key {where!r}")
         if depth < len(parts) - 1:
-            nxt = optional_dataclass(types[part])
-            if nxt is None:
-                raise AssertionError(f"--set {key}: {'.'.join(parts[:depth + 1])} has no sub-fields")
-            cls = nxt
+            current = getattr(obj, part)
+            if current is None:
+                section = optional_dataclass(field_types(type(obj)).get(part, Any))
+                current = section() if section is not None else None
+            if not (dataclasses.is_dataclass(current) and not isinstance(current, type)):
+                raise AssertionError(f"--set {key}: {where} is not a config section")
+            obj = current
 
 
 def check_train_config(ns: argparse.Namespace) -> None:
@@ -419,6 +421,7 @@ def test_checker_catches_stale_commands(scripts, monkeypatch):
         "python -m bltjax.train --set optim.lrr=1e-3": "optim.lrr",
         "python -m bltjax.train --set optim.lr=fast": "optim.lr",
         "python -m bltjax.train --set model.patcher.thresh=<calibrated>": "unknown config key",
+        "python -m bltjax.train --set data.pathx=PATH": "unknown config key",
         "python -m bltjax.train --config experiments/no_such_experiment.py": "cannot load",
         "python -m bltjax.train --config experiments/blt_paper.py:3t": "cannot load",
         "python benchmarks/no_such_benchmark.py": "no such file",
@@ -430,7 +433,7 @@ def test_checker_catches_stale_commands(scripts, monkeypatch):
             for words in split_command(text):
                 check_shell_command(words, scripts)
     good = ("python -m bltjax.train --config experiments/tiny_shakespeare.py --workdir runs/ts "
-            "--set optim.lr=2e-3 --set model.patcher.threshold=<calibrated> --process-id $RANK")
+            "--set optim.lr=2e-3 --set model.patcher.threshold=<calibrated> --set data.path=PATH --process-id $RANK")
     assert check_shell_command(split_command(good)[0], scripts) == "bltjax.train"
     assert check_shell_command(["pip", "install", "-e", ".[test]"], scripts) is None
 
