@@ -16,12 +16,15 @@ from the previous call, which finished long ago, so the host never waits for the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 import math
 import os
 import pathlib
+import platform
+import re
 import sys
 import time
 from typing import Any, Mapping, Optional
@@ -32,8 +35,17 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Dense bf16 peak FLOP/s per chip (vendor specs), matched as lower-case substrings of
-# ``device.device_kind``; first match wins, so specific names precede their prefixes.
+# Dense (no sparsity) bf16 peak FLOP/s per chip from the vendors' spec sheets, matched as lower-case
+# substrings of ``device.device_kind``; first match wins, so specific names precede their prefixes.
+# Sources (dense = half the "with sparsity" figure where a sheet quotes only that):
+#   GPUs: NVIDIA data sheets -- H100 SXM 989 / H100 PCIe 756 TFLOPS bf16 ("H100 Tensor Core GPU"
+#   datasheet), H200 989 ("H200 Tensor Core GPU" datasheet; same compute as H100 SXM), A100 312 ("A100
+#   Tensor Core GPU" datasheet), L4 121 ("L4 Tensor Core GPU" datasheet, 242 with sparsity), L40S 362,
+#   L40 181, T4 65 fp16 (no bf16 units; "T4 Tensor Core GPU" datasheet), V100 125 fp16, B200 2250,
+#   GB200 2500 per GPU; AMD MI300X 1307 ("Instinct MI300X" data sheet).
+#   TPUs: Google Cloud TPU system-architecture pages (bf16 per chip): v2 45, v3 123, v4 275, v5e 197,
+#   v5p 459, v6e (Trillium) 918, v7 (Ironwood) 2307.  Kept to the figures themselves; a TPU chip table
+#   with more properties belongs in one place (replace these rows by it when there is one).
 PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("tpu7x", 2307e12),       # Ironwood
     ("tpu v7", 2307e12),
@@ -62,11 +74,9 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("mi300x", 1307e12),
 )
 
-# CPU fallback: the build machine (2 Zen 3 cores, AVX2/FMA) sustains ~40 GFLOP/s fp32 on a large
-# matmul (env-probe §3), i.e. ~20 GFLOP/s per core.  ``measure_matmul_flops`` measures instead.
-CPU_FLOPS_PER_CORE = 20e9
-
 ENV_PEAK_FLOPS = "BLTJAX_PEAK_FLOPS"  # overrides the per-device peak (FLOP/s) when set
+CPU_PEAK_CACHE = pathlib.Path("~/.cache/bltjax/cpu_peak.json")  # measured matmul rate per host
+FMA_UNITS_PER_CORE = 2  # the most any x86 / Arm server core has (Zen 2-5, Skylake-SP Gold/Platinum+, Neoverse V)
 
 
 def _cpu_cores() -> int:
@@ -74,6 +84,60 @@ def _cpu_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuInfo:
+    """What the CPU peak is computed from (see ``cpu_peak_flops``)."""
+
+    model: str
+    cores: int  # cores this process may run on (affinity)
+    fp32_lanes: int  # fp32 values per vector register: 16 (AVX-512), 8 (AVX/AVX2), 4 (SSE / NEON)
+    clock_hz: float  # highest clock known: cpufreq max, else the highest "cpu MHz", else "@ x.xGHz"
+
+    @property
+    def formula_flops(self) -> float:
+        """cores x fp32 lanes x FMA units x 2 FLOPs per FMA x clock."""
+        return self.cores * self.fp32_lanes * FMA_UNITS_PER_CORE * 2.0 * self.clock_hz
+
+
+def cpu_info() -> CpuInfo:
+    """The host CPU as Linux describes it (``/proc/cpuinfo``, cpufreq); defaults where unknown."""
+    text = _read("/proc/cpuinfo")
+    fields: dict[str, str] = {}
+    mhz = []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip().lower(), value.strip()
+        if key == "cpu mhz":
+            try:
+                mhz.append(float(value))
+            except ValueError:
+                pass
+        fields.setdefault(key, value)
+    model = fields.get("model name") or fields.get("cpu model") or platform.processor() or platform.machine()
+    flags = set((fields.get("flags") or fields.get("features") or "").split())
+    lanes = 16 if "avx512f" in flags else 8 if ("avx2" in flags or "avx" in flags) else 4
+    clock = 0.0
+    max_khz = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").strip()
+    if max_khz.isdigit():
+        clock = int(max_khz) * 1e3
+    if mhz:
+        clock = max(clock, max(mhz) * 1e6)
+    named = re.search(r"@\s*([0-9.]+)\s*GHz", model)
+    if named:
+        clock = max(clock, float(named.group(1)) * 1e9)
+    if clock <= 0:
+        clock = 3.0e9  # unknown (not Linux): a typical clock; the measured matmul rate bounds it below
+    return CpuInfo(model=model, cores=_cpu_cores(), fp32_lanes=lanes, clock_hz=clock)
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,6 +154,49 @@ def measure_matmul_flops(n: int = 1024, repeats: int = 3) -> float:
     return 2.0 * n ** 3 / best
 
 
+def measured_cpu_flops(cache: Optional[os.PathLike | str] = None) -> float:
+    """fp32 matmul FLOP/s of this host, measured once (``measure_matmul_flops``, 1024^2, best of 5) and
+    kept in ``~/.cache/bltjax/cpu_peak.json`` under ``"<CPU model> x <cores>"``."""
+    path = pathlib.Path(cache or CPU_PEAK_CACHE).expanduser()
+    info = cpu_info()
+    key = f"{info.model} x {info.cores}"
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if isinstance(table.get(key), (int, float)) and table[key] > 0:
+        return float(table[key])
+    flops = measure_matmul_flops(1024, 5)
+    table[key] = flops
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError as e:  # a read-only home: measured again next time
+        log.debug("cannot cache the CPU peak in %s: %s", path, e)
+    return flops
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_peak_flops() -> float:
+    """Peak fp32 FLOP/s of the host CPU (all cores this process may use): the larger of
+
+    * the arithmetic peak ``cores x fp32 lanes x 2 FMA units x 2 x clock`` (``CpuInfo.formula_flops``):
+      vector width from the CPU flags (AVX-512: 16 lanes, AVX2: 8, else 4), 2 FMA pipes per core (the
+      most current x86 / Arm server cores have; a core with fewer, or one that splits AVX-512 in two
+      halves such as Zen 4, has a lower real peak, so this is an upper bound), the highest clock Linux
+      reports; and
+    * the fp32 matmul rate XLA measured on this host (``measured_cpu_flops``, cached per machine),
+      which guards against a clock reported below the one the CPU really runs at (VMs, turbo).
+
+    Model FLOPs of a training step cannot be executed faster than that, so MFU stays below 100 %.
+    bf16 training on CPU is counted against the same fp32 peak.
+    """
+    info = cpu_info()
+    return max(info.formula_flops, measured_cpu_flops())
+
+
 def peak_flops_for_kind(device_kind: str) -> Optional[float]:
     """Peak bf16 FLOP/s of one chip named ``device_kind`` (None when unknown)."""
     kind = device_kind.lower()
@@ -99,19 +206,18 @@ def peak_flops_for_kind(device_kind: str) -> Optional[float]:
     return None
 
 
-def peak_flops_per_device(device: Optional[jax.Device] = None, measure_cpu: bool = False) -> Optional[float]:
-    """Peak FLOP/s of one device: ``$BLTJAX_PEAK_FLOPS``, else the table, else None (unknown chip).
+def peak_flops_per_device(device: Optional[jax.Device] = None) -> Optional[float]:
+    """Peak FLOP/s of one device: ``$BLTJAX_PEAK_FLOPS``, else the accelerator table
+    (``PEAK_BF16_FLOPS``), else for a CPU ``cpu_peak_flops()``, else None (unknown chip: no MFU).
 
-    On CPU the host estimate (``CPU_FLOPS_PER_CORE`` x cores, or a measured matmul with
-    ``measure_cpu``) is divided among the process's CPU devices, so fake multi-device CPU runs
-    (``--xla_force_host_platform_device_count``) still report MFU against the real host.
+    On CPU the host peak is divided among the process's CPU devices, so fake multi-device CPU runs
+    (``--xla_force_host_platform_device_count``) report MFU against the real host.
     """
     if os.environ.get(ENV_PEAK_FLOPS):
         return float(os.environ[ENV_PEAK_FLOPS])
     device = device or jax.devices()[0]
     if device.platform == "cpu":
-        host = measure_matmul_flops() if measure_cpu else CPU_FLOPS_PER_CORE * _cpu_cores()
-        return host / max(len(jax.local_devices(backend="cpu")), 1)
+        return cpu_peak_flops() / max(len(jax.local_devices(backend="cpu")), 1)
     peak = peak_flops_for_kind(device.device_kind)
     if peak is None:
         log.warning("unknown device kind %r: no peak FLOP/s, MFU not reported (set %s)",
@@ -123,7 +229,8 @@ def mfu(flops_per_step: float, step_time_s: float, n_devices: int,
         peak_flops: Optional[float] = None) -> float:
     """Model FLOPs utilisation: ``flops_per_step / (step_time_s * n_devices * peak)``.
 
-    ``peak_flops`` is per device (default ``peak_flops_per_device()``); NaN when it is unknown.
+    ``peak_flops`` is per device (default ``peak_flops_per_device()``: the vendor's dense bf16 peak of
+    an accelerator, the host's fp32 peak for a CPU, see ``cpu_peak_flops``); NaN when it is unknown.
     """
     if step_time_s <= 0:
         raise ValueError(f"step_time_s must be > 0, got {step_time_s}")
@@ -392,7 +499,8 @@ def progress_bar(iterable=None, *, total: Optional[int] = None, desc: str, unit:
 
 
 __all__ = [
-    "PEAK_BF16_FLOPS", "CPU_FLOPS_PER_CORE", "ENV_PEAK_FLOPS", "measure_matmul_flops", "peak_flops_for_kind",
+    "PEAK_BF16_FLOPS", "ENV_PEAK_FLOPS", "CpuInfo", "cpu_info", "measure_matmul_flops", "measured_cpu_flops",
+    "cpu_peak_flops", "peak_flops_for_kind",
     "peak_flops_per_device", "mfu", "train_flops_per_step", "Throughput", "to_scalars", "MetricsWriter", "read_jsonl",
     "format_duration", "format_progress", "ConsoleProgress", "progress_bar",
 ]

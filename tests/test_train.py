@@ -80,6 +80,7 @@ def test_tiny_run_learns_logs_and_checkpoints(learned_run):
     # static patches [1, 4, 4, ...]: 65 positions in 17 patches per row, never overflowing
     assert first["avg_patch_size"] == pytest.approx(65 / 17) and first["overflow_frac"] == 0.0
     assert any("bytes_per_s" in r and "mfu" in r for r in train_recs)
+    assert all(0 < r["mfu"] <= 1 for r in train_recs if "mfu" in r)  # a fraction of the host's real peak
     evals = {r["step"]: r for r in records if "val_bpb" in r}
     assert sorted(evals) == [8, 16]
     assert evals[16]["val_bpb"] < evals[8]["val_bpb"] < 8.5
