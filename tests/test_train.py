@@ -91,6 +91,30 @@ def test_tiny_run_learns_logs_and_checkpoints(learned_run):
     assert sorted(int(p.name) for p in (learned_run / "checkpoints").iterdir() if p.name.isdigit()) == [8, 16]
 
 
+def test_eval_without_data_reads_the_runs_validation_split(learned_run, tmp_path, capsys):
+    """``python -m bltjax.eval --checkpoint RUN`` (no --data): the trainer's validation split, in windows of
+    the run's seq_len; on the windows the trainer evaluates (2 batches of 8 x 64) it agrees with val_bpb."""
+    from bltjax import eval as ev
+    from bltjax.data import pipeline
+
+    cfg = config_from_dict(json.loads((learned_run / "config.json").read_text()))
+    _, index = pipeline.stream_index(cfg.data, "validation")
+    out = tmp_path / "all.json"
+    assert ev.main(["--checkpoint", str(learned_run), "--no-progress", "--json", str(out)]) == 0
+    assert "validation split" in capsys.readouterr().out
+    total = json.loads(out.read_text())["total"]
+    assert total["n_targets"] == index.num_tokens - 1  # every token after the first, predicted once
+    assert json.loads(out.read_text())["seq_len"] == cfg.seq_len and math.isfinite(total["bits_per_byte"])
+    n_eval = cfg.eval_batches * cfg.global_batch_size * cfg.seq_len + 1  # the trainer's eval windows
+    assert ev.main(["--checkpoint", str(learned_run), "--no-progress", "--max-bytes", str(n_eval),
+                    "--json", str(out)]) == 0
+    val = {r["step"]: r for r in read_jsonl(learned_run / "metrics.jsonl") if "val_bpb" in r}[16]
+    assert json.loads(out.read_text())["total"]["bits_per_byte"] == pytest.approx(val["val_bpb"], rel=1e-4)
+    # not a training run and no --data: one clear line
+    assert ev.main(["--checkpoint", str(tmp_path), "--no-progress"]) == 2
+    assert "pass --data" in capsys.readouterr().err
+
+
 def test_checkpoint_restores_as_pretrained_params(learned_run):
     cfg, params, step = train.load_run(learned_run)
     assert isinstance(cfg, TrainConfig) and step == 16 and cfg.steps == 16
