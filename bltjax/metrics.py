@@ -77,6 +77,7 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
 ENV_PEAK_FLOPS = "BLTJAX_PEAK_FLOPS"  # overrides the per-device peak (FLOP/s) when set
 CPU_PEAK_CACHE = pathlib.Path("~/.cache/bltjax/cpu_peak.json")  # measured matmul rate per host
 FMA_UNITS_PER_CORE = 2  # the most any x86 / Arm server core has (Zen 2-5, Skylake-SP Gold/Platinum+, Neoverse V)
+AMX_BF16_FLOPS_PER_CYCLE = 1024  # per core (Intel: AMX does 1024 bf16 operations per cycle per core)
 
 
 def _cpu_cores() -> int:
@@ -102,11 +103,20 @@ class CpuInfo:
     cores: int  # cores this process may run on (affinity)
     fp32_lanes: int  # fp32 values per vector register: 16 (AVX-512), 8 (AVX/AVX2), 4 (SSE / NEON)
     clock_hz: float  # highest clock known: cpufreq max, else the highest "cpu MHz", else "@ x.xGHz"
+    bf16_dot: bool = False  # AVX512_BF16: a bf16 dot product does 2 multiply-adds per fp32 lane
+    amx_bf16: bool = False  # AMX tiles: AMX_BF16_FLOPS_PER_CYCLE per core
+
+    @property
+    def fp32_flops(self) -> float:
+        """cores x fp32 lanes x FMA units x 2 FLOPs per FMA x clock."""
+        return self.cores * self.fp32_lanes * FMA_UNITS_PER_CORE * 2.0 * self.clock_hz
 
     @property
     def formula_flops(self) -> float:
-        """cores x fp32 lanes x FMA units x 2 FLOPs per FMA x clock."""
-        return self.cores * self.fp32_lanes * FMA_UNITS_PER_CORE * 2.0 * self.clock_hz
+        """The arithmetic peak in the fastest matmul format the CPU has: bf16 with AMX or AVX512_BF16
+        (2x the fp32 rate), else fp32."""
+        amx = self.cores * AMX_BF16_FLOPS_PER_CYCLE * self.clock_hz if self.amx_bf16 else 0.0
+        return max(self.fp32_flops * (2.0 if self.bf16_dot else 1.0), amx)
 
 
 def cpu_info() -> CpuInfo:
@@ -137,13 +147,14 @@ def cpu_info() -> CpuInfo:
         clock = max(clock, float(named.group(1)) * 1e9)
     if clock <= 0:
         clock = 3.0e9  # unknown (not Linux): a typical clock; the measured matmul rate bounds it below
-    return CpuInfo(model=model, cores=_cpu_cores(), fp32_lanes=lanes, clock_hz=clock)
+    return CpuInfo(model=model, cores=_cpu_cores(), fp32_lanes=lanes, clock_hz=clock,
+                   bf16_dot="avx512_bf16" in flags, amx_bf16="amx_bf16" in flags)
 
 
 @functools.lru_cache(maxsize=None)
-def measure_matmul_flops(n: int = 1024, repeats: int = 3) -> float:
-    """Best-of-``repeats`` fp32 ``n x n`` matmul FLOP/s on the default device (cached per process)."""
-    a = jnp.ones((n, n), jnp.float32)
+def measure_matmul_flops(n: int = 1024, repeats: int = 3, dtype: str = "float32") -> float:
+    """Best-of-``repeats`` ``n x n`` matmul FLOP/s in ``dtype`` on the default device (cached per process)."""
+    a = jnp.ones((n, n), dtype)
     matmul = jax.jit(lambda x: x @ x)
     matmul(a).block_until_ready()
     best = math.inf
@@ -155,8 +166,8 @@ def measure_matmul_flops(n: int = 1024, repeats: int = 3) -> float:
 
 
 def measured_cpu_flops(cache: Optional[os.PathLike | str] = None) -> float:
-    """fp32 matmul FLOP/s of this host, measured once (``measure_matmul_flops``, 1024^2, best of 5) and
-    kept in ``~/.cache/bltjax/cpu_peak.json`` under ``"<CPU model> x <cores>"``."""
+    """Matmul FLOP/s of this host in its faster of fp32 and bf16, measured once (``measure_matmul_flops``,
+    1024 x 1024, best of 5) and kept in ``~/.cache/bltjax/cpu_peak.json`` under ``"<CPU model> x <cores>"``."""
     path = pathlib.Path(cache or CPU_PEAK_CACHE).expanduser()
     info = cpu_info()
     key = f"{info.model} x {info.cores}"
@@ -166,7 +177,7 @@ def measured_cpu_flops(cache: Optional[os.PathLike | str] = None) -> float:
         table = {}
     if isinstance(table.get(key), (int, float)) and table[key] > 0:
         return float(table[key])
-    flops = measure_matmul_flops(1024, 5)
+    flops = max(measure_matmul_flops(1024, 5, "float32"), measure_matmul_flops(1024, 5, "bfloat16"))
     table[key] = flops
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,18 +191,20 @@ def measured_cpu_flops(cache: Optional[os.PathLike | str] = None) -> float:
 
 @functools.lru_cache(maxsize=None)
 def cpu_peak_flops() -> float:
-    """Peak fp32 FLOP/s of the host CPU (all cores this process may use): the larger of
+    """Peak dense-matmul FLOP/s of the host CPU (all cores this process may use), in its fastest
+    format (like the accelerator table, which rates chips by bf16): the larger of
 
-    * the arithmetic peak ``cores x fp32 lanes x 2 FMA units x 2 x clock`` (``CpuInfo.formula_flops``):
-      vector width from the CPU flags (AVX-512: 16 lanes, AVX2: 8, else 4), 2 FMA pipes per core (the
-      most current x86 / Arm server cores have; a core with fewer, or one that splits AVX-512 in two
-      halves such as Zen 4, has a lower real peak, so this is an upper bound), the highest clock Linux
-      reports; and
-    * the fp32 matmul rate XLA measured on this host (``measured_cpu_flops``, cached per machine),
-      which guards against a clock reported below the one the CPU really runs at (VMs, turbo).
+    * the arithmetic peak (``CpuInfo.formula_flops``): ``cores x fp32 lanes x 2 FMA units x 2 x clock``,
+      with the vector width from the CPU flags (AVX-512: 16 lanes, AVX2: 8, else 4), 2 FMA pipes per
+      core (the most current x86 / Arm server cores have; a core with fewer, or one that splits AVX-512
+      in two halves such as Zen 4, has a lower real peak, so this is an upper bound) and the highest
+      clock Linux reports; doubled with AVX512_BF16 (XLA runs bf16 matmuls on it at twice the fp32
+      rate), or the AMX rate where the CPU has AMX; and
+    * the matmul rate XLA reaches on this host (``measured_cpu_flops``, fp32 and bf16, cached per
+      machine), which guards against a clock reported below the one the CPU really runs at (VMs, turbo).
 
-    Model FLOPs of a training step cannot be executed faster than that, so MFU stays below 100 %.
-    bf16 training on CPU is counted against the same fp32 peak.
+    Model FLOPs of a training step cannot be executed faster than that, in fp32 or bf16, so MFU stays
+    below 100 %; an fp32 run on a CPU with bf16 instructions can reach at most about half of it.
     """
     info = cpu_info()
     return max(info.formula_flops, measured_cpu_flops())

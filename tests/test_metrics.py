@@ -33,7 +33,7 @@ def test_cpu_peak_is_split_over_fake_devices(monkeypatch):
     peak = M.peak_flops_per_device(jax.devices("cpu")[0])
     assert peak == pytest.approx(M.cpu_peak_flops() / n_cpu)
     # the host peak bounds what XLA really reaches on a matmul, and the arithmetic peak
-    assert M.cpu_peak_flops() >= M.measure_matmul_flops(256, 2)
+    assert M.cpu_peak_flops() >= max(M.measure_matmul_flops(256, 2), M.measure_matmul_flops(256, 2, "bfloat16"))
     assert M.cpu_peak_flops() >= M.cpu_info().formula_flops
     monkeypatch.setenv(M.ENV_PEAK_FLOPS, "1e12")
     assert M.peak_flops_per_device() == 1e12
@@ -58,24 +58,31 @@ def test_cpu_info_formula(monkeypatch):
     info = M.cpu_info()
     assert info.model.startswith("Intel(R) Xeon(R) Platinum 8280") and info.fp32_lanes == 16
     assert info.clock_hz == 3.9e9  # the highest clock seen (turbo above the 2.7 GHz in the name)
-    assert info.formula_flops == 2 * 16 * 2 * 2 * 3.9e9
+    assert info.formula_flops == info.fp32_flops == 2 * 16 * 2 * 2 * 3.9e9
     files["/proc/cpuinfo"] = CPUINFO.replace(" avx512f avx512bw", "").replace("3900.000", "1200.000")
     files["/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"] = "4000000\n"  # kHz
     info = M.cpu_info()
-    assert info.fp32_lanes == 8 and info.clock_hz == 4.0e9
+    assert info.fp32_lanes == 8 and info.clock_hz == 4.0e9 and info.formula_flops == 2 * 8 * 2 * 2 * 4.0e9
+    # bf16 dot products double the peak; AMX tiles replace it
+    del files["/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"]
+    files["/proc/cpuinfo"] = CPUINFO.replace("avx512bw", "avx512bw avx512_bf16")
+    info = M.cpu_info()
+    assert info.bf16_dot and info.formula_flops == 2 * info.fp32_flops
+    files["/proc/cpuinfo"] = CPUINFO.replace("avx512bw", "avx512bw avx512_bf16 amx_bf16 amx_tile")
+    assert M.cpu_info().formula_flops == 2 * M.AMX_BF16_FLOPS_PER_CYCLE * 3.9e9
 
 
 def test_measured_cpu_flops_is_cached_per_machine(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(M, "measure_matmul_flops", lambda n, r: calls.append(n) or 5e10)
+    monkeypatch.setattr(M, "measure_matmul_flops", lambda n, r, dtype: calls.append(dtype) or {"float32": 5e10}.get(dtype, 4e10))
     cache = tmp_path / "peak.json"
     assert M.measured_cpu_flops(cache) == 5e10 and M.measured_cpu_flops(cache) == 5e10
-    assert len(calls) == 1  # measured once, then read back
+    assert calls == ["float32", "bfloat16"]  # measured once (the faster format counts), then read back
     info = M.cpu_info()
     assert json.loads(cache.read_text()) == {f"{info.model} x {info.cores}": 5e10}
     monkeypatch.setattr(M, "_cpu_cores", lambda: info.cores + 1)  # another machine shape: measured again
     M.measured_cpu_flops(cache)
-    assert len(calls) == 2
+    assert len(calls) == 4
 
 
 def test_mfu_of_a_real_run_is_at_most_one(tmp_path):
