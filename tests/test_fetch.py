@@ -127,11 +127,14 @@ def test_unknown_corpus_and_cli(corpus_at, server, capsys, tmp_path):
     assert "error: unknown corpus" in capsys.readouterr().err
 
 
-def test_tinyshakespeare_checksum_matches_the_corpus(data_cache):
-    """The registered SHA-256 is that of the real file (the copy next to the repository)."""
+def test_tinyshakespeare_checksum_matches_the_corpus(data_cache, capsys):
+    """The registered SHA-256 is that of the real file (the copy next to the repository), and
+    ``python -m bltjax.data.fetch tinyshakespeare`` finds it in $BLTJAX_DATA_DIR."""
     path = fetch.fetch("tinyshakespeare", progress=False)
     assert path == data_cache / "tinyshakespeare" / "input.txt"
     assert fetch.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert fetch.main(["tinyshakespeare"]) == 0
+    assert capsys.readouterr().out.strip() == str(path)
 
 
 @pytest.mark.parametrize("name", ["tiny_shakespeare", "entropy_tiny_shakespeare"])
