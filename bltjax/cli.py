@@ -8,7 +8,7 @@ themselves once with huge-page malloc (``bltjax.hugepages``), as ``python -m`` d
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 # console script -> (module whose main() it runs, re-exec with huge pages first)
 COMMANDS: dict[str, tuple[str, bool]] = {

@@ -2,13 +2,10 @@
 
     python -m bltjax.eval --checkpoint DIR --data PATH_OR_GLOB [--seq-len L] [--batch B]
                           [--max-bytes N] [--threshold T] [--mode global|monotonic] [--json OUT]
-    python -m bltjax.eval --checkpoint runs/default        # a training run: its own validation split
+    python -m bltjax.eval --checkpoint runs/default        # a training run: its whole validation split
     python -m bltjax.eval --checkpoint DIR --data udhr/txt --report --out-dir OUT
 
-Without ``--data`` the checkpoint must be a training workdir: the whole validation split the trainer
-holds out (``config.json``'s ``data`` section and split rule, ``bltjax.data.pipeline``) is evaluated as
-one token stream, in windows of the run's ``seq_len`` (the trainer's own evaluation reads only its first
-``eval_batches`` batches).  ``--data`` accepts ``fetch:NAME`` for a corpus of ``bltjax.data.fetch``.
+Without ``--data``: the trainer's validation split of a training workdir, in windows of the run's seq_len.
 
 Works for BLT checkpoints (patched with the checkpoint's own patcher and entropy model) and for
 entropy-only checkpoints (bits per byte of the entropy LM itself; patch statistics from entropy
@@ -43,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bltjax.config import BLTConfig, PatcherConfig, TransformerConfig
-from bltjax.data.pipeline import BYTE_OFFSET
+from bltjax.data.pipeline import BYTE_OFFSET, split_tokens, token_windows
 from bltjax.model import blt as blt_model
 from bltjax.model import entropy_model as entropy_lm
 from bltjax.patcher import model_patch_lengths, patch_lengths
@@ -157,8 +154,7 @@ def file_windows(docs: Sequence[bytes], seq_len: int) -> tuple[np.ndarray, np.nd
     Window ``i`` is ``stream[i*L : i*L + L + 1]`` (overlap of one token), right-padded with 0;
     ``n_x`` = real tokens in ``x``.  Same layout as the training pipeline's windows.
     """
-    stream = np.concatenate([encode_document(d) for d in docs])
-    return stream_windows(stream, seq_len)
+    return token_windows(np.concatenate([encode_document(d) for d in docs]), seq_len)
 
 
 # ----------------------------------------------------------------------------- scoring (jit)
@@ -241,34 +237,10 @@ def resolve_patcher(ck: LoadedCheckpoint, threshold: Optional[float] = None,
     return threshold_patcher(pcfg, theta, mode or stored_mode)
 
 
-def stream_windows(stream: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Windows of a token stream: ``(x int32 [W, L], y int32 [W, L], n_x int32 [W])``.
-
-    Window ``i`` is ``stream[i*L : i*L + L + 1]`` (overlap of one token), right-padded with 0;
-    ``n_x`` = real tokens in ``x`` that have a target.  Same layout as the training pipeline's windows.
-    """
-    if seq_len < 1:
-        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-    n_win = max(1, -(-(len(stream) - 1) // seq_len))
-    padded = np.zeros(n_win * seq_len + 1, np.int32)
-    padded[:len(stream)] = stream
-    idx = np.arange(n_win)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
-    w = padded[idx]
-    n_x = np.clip(len(stream) - 1 - seq_len * np.arange(n_win), 0, seq_len).astype(np.int32)
-    return w[:, :-1], w[:, 1:], n_x
-
-
-def _stream_bytes(tokens: np.ndarray) -> bytes:
-    """The raw bytes of a token stream (BOS/EOS/padding dropped)."""
-    t = np.asarray(tokens)
-    return (t[t >= BYTE_OFFSET] - BYTE_OFFSET).astype(np.uint8).tobytes()
-
-
 def evaluate(ck: LoadedCheckpoint, files: Sequence[tuple[str, Sequence[bytes] | np.ndarray]], *, seq_len: int,
              batch: int = 8, threshold: Optional[float] = None, mode: Optional[str] = None,
              max_patches: Optional[int] = None, progress: bool = False) -> EvalReport:
-    """Evaluate ``ck`` on ``files`` = ``[(name, [document bytes, ...]), ...]`` (see module doc); an entry may
-    also be ``(name, tokens)`` with a ready token stream (an int array, e.g. a training run's split)."""
+    """Evaluate ``ck`` on ``files`` = ``[(name, [document bytes, ...] or a token array), ...]`` (module doc)."""
     t0 = time.time()
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
@@ -300,15 +272,14 @@ def evaluate(ck: LoadedCheckpoint, files: Sequence[tuple[str, Sequence[bytes] | 
     xs, ys, nxs, owner = [], [], [], []
     results = []
     for k, (name, docs) in enumerate(files):
-        if isinstance(docs, np.ndarray):  # a token stream
-            raw = _stream_bytes(docs)
-            results.append(FileEval(name=name, file_bytes=len(raw), n_chars=count_chars(raw)))
-            x, y, n_x = stream_windows(docs.astype(np.int32), seq_len)
+        if isinstance(docs, np.ndarray):  # a ready token stream (e.g. a training run's validation split)
+            stream, docs = docs.astype(np.int32), [(docs[docs >= BYTE_OFFSET] - BYTE_OFFSET).astype(np.uint8).tobytes()]
         else:
             docs = [bytes(d) for d in docs]
-            results.append(FileEval(name=name, file_bytes=sum(len(d) for d in docs),
-                                    n_chars=sum(count_chars(d) for d in docs)))
-            x, y, n_x = file_windows(docs, seq_len)
+            stream = np.concatenate([encode_document(d) for d in docs])
+        results.append(FileEval(name=name, file_bytes=sum(len(d) for d in docs),
+                                n_chars=sum(count_chars(d) for d in docs)))
+        x, y, n_x = token_windows(stream, seq_len)
         xs.append(x), ys.append(y), nxs.append(n_x), owner.append(np.full(len(x), k))
     x_all, y_all, nx_all, own = (np.concatenate(a) for a in (xs, ys, nxs, owner))
     sums = np.zeros((len(files), 5), np.float64)  # ce, n_targets, n_tokens, n_patches, overflow
@@ -376,42 +347,20 @@ def evaluate_paths(checkpoint: str | pathlib.Path | LoadedCheckpoint, data: str,
     return evaluate(ck, files, seq_len=seq_len, batch=batch, **kwargs)
 
 
-def run_validation_split(workdir: str | pathlib.Path) -> Optional[tuple[Any, np.ndarray]]:
-    """``(TrainConfig, tokens)`` of a training workdir's validation split, exactly the stream the trainer
-    evaluates on (its ``config.json`` data section and split rule); None when ``workdir`` is not a run."""
-    from bltjax.data.pipeline import doc_token_slice, stream_index
+def evaluate_run(workdir: str | pathlib.Path, *, seq_len: Optional[int] = None, max_bytes: Optional[int] = None,
+                 **kwargs) -> EvalReport:
+    """``evaluate`` a training workdir on its own validation split (``config.json``'s data section and split
+    rule; windows of the run's ``seq_len`` by default); ``max_bytes`` keeps the first tokens of the split."""
     from bltjax.train_config import config_from_dict
 
     cfg_file = pathlib.Path(workdir).expanduser() / "config.json"
-    if not cfg_file.is_file():
-        return None
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except ValueError as e:
-        raise ValueError(f"{cfg_file}: unreadable ({e})") from None
+    raw = json.loads(cfg_file.read_text()) if cfg_file.is_file() else None
     if not isinstance(raw, dict) or "data" not in raw:
-        return None
+        raise ValueError(f"{workdir} is not a training workdir (no config.json with a data section); pass --data FILES")
     cfg = config_from_dict(raw)
-    source, index = stream_index(cfg.data, "validation")
-    pieces = [doc_token_slice(source[int(d)], int(lo), int(lo + n))
-              for d, lo, n in zip(index.doc, index.start, index.length)]
-    return cfg, np.concatenate(pieces).astype(np.int32)
-
-
-def evaluate_run(checkpoint: str | pathlib.Path, *, seq_len: Optional[int] = None, batch: int = 8,
-                 max_bytes: Optional[int] = None, **kwargs) -> EvalReport:
-    """``evaluate`` a training workdir on its own validation split (see ``run_validation_split``), in
-    windows of the run's ``seq_len`` by default; ``max_bytes`` keeps only the first tokens of the split."""
-    got = run_validation_split(checkpoint)
-    if got is None:
-        raise ValueError(f"{checkpoint} is not a training workdir (no config.json with a data section); "
-                         f"pass --data FILES")
-    cfg, tokens = got
-    if max_bytes:
-        tokens = tokens[:max_bytes]
-    ck = open_checkpoint(checkpoint)
+    tokens = split_tokens(cfg.data, "validation")[:max_bytes or None]
     name = f"validation split ({cfg.data.source}{': ' + cfg.data.path if cfg.data.path else ''})"
-    return evaluate(ck, [(name, tokens)], seq_len=seq_len or cfg.seq_len, batch=batch, **kwargs)
+    return evaluate(open_checkpoint(workdir), [(name, tokens)], seq_len=seq_len or cfg.seq_len, **kwargs)
 
 
 # ----------------------------------------------------------------------------- output
@@ -495,9 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bltjax.eval", description="Bits per byte, patch sizes and "
                                 "FLOPs per byte of a BLT or entropy-model checkpoint on text files.")
     p.add_argument("--checkpoint", required=True, help="BLT or entropy-model checkpoint directory")
-    p.add_argument("--data", default=None,
-                   help="files / directories / globs (comma-separated; fetch:NAME for a known corpus); default "
-                        "for a training workdir: its own validation split")
+    p.add_argument("--data", default=None, help="files / directories / globs (comma-separated; fetch:NAME: a "
+                   "known corpus); default for a training workdir: its validation split")
     p.add_argument("--seq-len", type=int, default=None,
                    help="tokens per window (default: the run's seq_len without --data, else min(4096, model cap))")
     p.add_argument("--batch", type=int, default=8, help="windows per step")
@@ -543,6 +491,5 @@ if __name__ == "__main__":
 
 
 __all__ = ["FileEval", "EvalReport", "mean_causal_context", "lm_flops_per_byte", "count_chars", "file_windows",
-           "stream_windows", "score_blt", "score_entropy_lm", "resolve_patcher", "evaluate", "evaluate_paths",
-           "run_validation_split", "evaluate_run",
+           "score_blt", "score_entropy_lm", "resolve_patcher", "evaluate", "evaluate_paths", "evaluate_run",
            "format_table", "summary", "write_report", "main"]

@@ -18,7 +18,8 @@ loading code runs, and is tested, on local directories without a network.
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 Download = Callable[..., str]
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bltjax import metrics as M
+from bltjax import peak as P
 
 
 def test_peak_flops_table():
@@ -53,8 +54,8 @@ flags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512bw
 
 def test_cpu_info_formula(monkeypatch):
     files = {"/proc/cpuinfo": CPUINFO}
-    monkeypatch.setattr(M, "_read", lambda path: files.get(path, ""))
-    monkeypatch.setattr(M, "_cpu_cores", lambda: 2)
+    monkeypatch.setattr(P, "_read", lambda path: files.get(path, ""))
+    monkeypatch.setattr(P, "_cpu_cores", lambda: 2)
     info = M.cpu_info()
     assert info.model.startswith("Intel(R) Xeon(R) Platinum 8280") and info.fp32_lanes == 16
     assert info.clock_hz == 3.9e9  # the highest clock seen (turbo above the 2.7 GHz in the name)
@@ -69,18 +70,19 @@ def test_cpu_info_formula(monkeypatch):
     info = M.cpu_info()
     assert info.bf16_dot and info.formula_flops == 2 * info.fp32_flops
     files["/proc/cpuinfo"] = CPUINFO.replace("avx512bw", "avx512bw avx512_bf16 amx_bf16 amx_tile")
-    assert M.cpu_info().formula_flops == 2 * M.AMX_BF16_FLOPS_PER_CYCLE * 3.9e9
+    assert M.cpu_info().formula_flops == 2 * P.AMX_BF16_FLOPS_PER_CYCLE * 3.9e9
 
 
 def test_measured_cpu_flops_is_cached_per_machine(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(M, "measure_matmul_flops", lambda n, r, dtype: calls.append(dtype) or {"float32": 5e10}.get(dtype, 4e10))
+    rates = {"float32": 5e10, "bfloat16": 4e10}
+    monkeypatch.setattr(P, "measure_matmul_flops", lambda n, r, dtype: calls.append(dtype) or rates[dtype])
     cache = tmp_path / "peak.json"
     assert M.measured_cpu_flops(cache) == 5e10 and M.measured_cpu_flops(cache) == 5e10
     assert calls == ["float32", "bfloat16"]  # measured once (the faster format counts), then read back
     info = M.cpu_info()
     assert json.loads(cache.read_text()) == {f"{info.model} x {info.cores}": 5e10}
-    monkeypatch.setattr(M, "_cpu_cores", lambda: info.cores + 1)  # another machine shape: measured again
+    monkeypatch.setattr(P, "_cpu_cores", lambda: info.cores + 1)  # another machine shape: measured again
     M.measured_cpu_flops(cache)
     assert len(calls) == 4
 

@@ -26,9 +26,8 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
-from typing import Callable, Optional, Sequence
-
-from bltjax.data.sources import DataError
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 ENV_DATA_DIR = "BLTJAX_DATA_DIR"
 DEFAULT_DATA_DIR = pathlib.Path("~/.cache/bltjax/data")
@@ -36,8 +35,9 @@ PREFIX = "fetch:"
 _CHUNK = 1 << 16
 
 
-class FetchError(DataError):
-    """A corpus could not be downloaded or does not match its checksum (one-line message)."""
+class FetchError(ValueError):
+    """A corpus could not be downloaded or does not match its checksum (one-line message; the data
+    layer re-raises it as its ``DataError``)."""
 
 
 @dataclasses.dataclass(frozen=True)

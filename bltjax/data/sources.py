@@ -126,7 +126,10 @@ def expand_paths(spec: str | pathlib.Path | Sequence[str | pathlib.Path]) -> lis
         if part.startswith("fetch:"):
             from bltjax.data import fetch
 
-            part = fetch.resolve(part)
+            try:
+                part = fetch.resolve(part)
+            except fetch.FetchError as e:
+                raise DataError(str(e)) from None
         path = pathlib.Path(part).expanduser()
         if any(c in part for c in _GLOB_CHARS):
             matches = sorted(pathlib.Path(m) for m in glob.glob(str(path), recursive=True))
