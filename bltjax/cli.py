@@ -14,9 +14,9 @@ from collections.abc import Callable
 COMMANDS: dict[str, tuple[str, bool]] = {
     "bltjax-train": ("bltjax.train", True),
     "bltjax-eval": ("bltjax.eval", True),
-    "bltjax-generate": ("bltjax.generate", True),
+    "bltjax-generate": ("bltjax.generation", True),
     "bltjax-convert": ("bltjax.convert", False),
-    "bltjax-entropy": ("bltjax.patching", True),
+    "bltjax-entropy": ("bltjax.entropy_tools", True),
     "bltjax-fetch": ("bltjax.data.fetch", False),
 }
 

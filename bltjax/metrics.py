@@ -23,13 +23,24 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 import jax
 import numpy as np
 
-from bltjax.peak import (ENV_PEAK_FLOPS, PEAK_BF16_FLOPS, CpuInfo, cpu_info, cpu_peak_flops,  # noqa: F401
-                         measure_matmul_flops, measured_cpu_flops, peak_flops_for_kind, peak_flops_per_device)
+from bltjax.config import train_flops_per_step  # noqa: F401  (re-exported)
+from bltjax.peak import (  # noqa: F401
+    ENV_PEAK_FLOPS,
+    PEAK_BF16_FLOPS,
+    CpuInfo,
+    cpu_info,
+    cpu_peak_flops,
+    measure_matmul_flops,
+    measured_cpu_flops,
+    peak_flops_for_kind,
+    peak_flops_per_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +50,8 @@ def mfu(flops_per_step: float, step_time_s: float, n_devices: int,
     """Model FLOPs utilisation: ``flops_per_step / (step_time_s * n_devices * peak)``.
 
     ``peak_flops`` is per device (default ``peak_flops_per_device()``: the vendor's dense bf16 peak of
-    an accelerator, the host's fp32 peak for a CPU, see ``cpu_peak_flops``); NaN when it is unknown.
+    an accelerator, the host's peak in its fastest matmul format for a CPU, see ``bltjax.peak``); NaN when
+    it is unknown.
     """
     if step_time_s <= 0:
         raise ValueError(f"step_time_s must be > 0, got {step_time_s}")
@@ -51,29 +63,7 @@ def mfu(flops_per_step: float, step_time_s: float, n_devices: int,
     return float(flops_per_step) / (step_time_s * n_devices * peak)
 
 
-def _mean_causal_context(seq_len: int, window: Optional[int]) -> float:
-    """Mean number of keys a query sees under a causal (optionally sliding-window) mask."""
-    w = seq_len if window is None else min(window, seq_len)
-    return (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
-
-
-def train_flops_per_step(cfg: Any, bytes_per_patch: Optional[float] = None) -> float:
-    """Model FLOPs of one optimizer step of ``cfg`` (a TrainConfig), backward = 2x forward.
-
-    BLT: ``model.flops_per_byte(bytes_per_patch, seq_len)`` (spec §11 paper accounting) times the
-    bytes per step; ``bytes_per_patch`` defaults to ``model.patcher.patch_size`` (pass the measured
-    mean for entropy patching).  Entropy-model training (``train_entropy_model``): per byte
-    ``6 * (params - embedding table) + 12 * n_layers * dim * mean causal context``.
-    """
-    n_bytes = cfg.global_batch_size * cfg.seq_len
-    if cfg.train_entropy_model:
-        em = cfg.model.entropy_model
-        matmul_params = em.num_params() - em.vocab_size * em.dim  # the input lookup is free
-        ctx = _mean_causal_context(cfg.seq_len, em.sliding_window)
-        attn = em.n_layers * em.n_heads * em.hdim * ctx * 4  # QK^T and AV, forward
-        return 3.0 * (2.0 * matmul_params + attn) * n_bytes
-    ps = cfg.model.patcher.patch_size if bytes_per_patch is None else bytes_per_patch
-    return cfg.resolved_model().flops_per_byte(ps, cfg.seq_len, training=True) * n_bytes
+# train_flops_per_step moved to bltjax.config (one home for FLOP formulas); re-exported here.
 
 
 class Throughput:
@@ -87,6 +77,10 @@ class Throughput:
         self.peak_flops = peak_flops
         self._clock = clock
         self._last: Optional[tuple[int, float]] = None
+
+    def restart(self) -> None:
+        """Forget the previous call: the next ``update`` only starts the clock again."""
+        self._last = None
 
     def update(self, step: int) -> dict[str, float]:
         """Rates since the previous call; ``{}`` on the first call (it only starts the clock)."""
@@ -196,7 +190,7 @@ class MetricsWriter:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> "MetricsWriter":
+    def __enter__(self) -> MetricsWriter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -93,7 +93,7 @@ def test_mfu_of_a_real_run_is_at_most_one(tmp_path):
     import subprocess
     import sys
 
-    from subprocess_env import env_with_devices
+    from helpers.subprocess_env import env_with_devices
 
     env = env_with_devices(1)
     env.pop(M.ENV_PEAK_FLOPS, None)
