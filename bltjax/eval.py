@@ -346,13 +346,12 @@ def evaluate_run(workdir: str | pathlib.Path, *, seq_len: Optional[int] = None, 
                  **kwargs) -> EvalReport:
     """``evaluate`` a training workdir on its own validation split (``config.json``'s data section and split
     rule; windows of the run's ``seq_len`` by default); ``max_bytes`` keeps the first tokens of the split."""
-    from bltjax.train_config import config_from_dict
+    from bltjax.workdir import read_config
 
-    cfg_file = pathlib.Path(workdir).expanduser() / "config.json"
-    raw = json.loads(cfg_file.read_text()) if cfg_file.is_file() else None
-    if not isinstance(raw, dict) or "data" not in raw:
-        raise ValueError(f"{workdir} is not a training workdir (no config.json with a data section); pass --data FILES")
-    cfg = config_from_dict(raw)
+    try:
+        cfg = read_config(workdir)
+    except FileNotFoundError as e:
+        raise ValueError(f"{e}; pass --data FILES") from None
     tokens = split_tokens(cfg.data, "validation")[:max_bytes or None]
     name = f"validation split ({cfg.data.source}{': ' + cfg.data.path if cfg.data.path else ''})"
     return evaluate(open_checkpoint(workdir), [(name, tokens)], seq_len=seq_len or cfg.seq_len, **kwargs)
