@@ -132,13 +132,21 @@ def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
     """Files named by ``spec``: files, directories (recursive) and globs, comma-separated.
 
     Directories contribute every non-hidden regular file below them, sorted; globs (``*``, ``?``,
-    ``[``; ``**`` recursive) are sorted too, so the document order is deterministic.  Remote paths
-    (``gs://bucket/...``) work the same way and come back as ``etils.epath.Path``.
+    ``[``; ``**`` recursive) are sorted too, so the document order is deterministic.  ``fetch:NAME``
+    names the cached file of a known corpus, downloaded on first use (``bltjax.data.fetch``).  Remote
+    paths (``gs://bucket/...``) work the same way and come back as ``etils.epath.Path``.
     """
     from bltjax.storage import as_path, files_under, is_remote
 
     files: list[pathlib.PurePath] = []
     for part in _split_spec(spec):
+        if part.startswith("fetch:"):
+            from bltjax.data import fetch
+
+            try:
+                part = fetch.resolve(part)
+            except fetch.FetchError as e:
+                raise DataError(str(e)) from None
         remote = is_remote(part)
         path = as_path(part) if remote else pathlib.Path(part).expanduser()
         if any(c in part for c in _GLOB_CHARS):
