@@ -53,6 +53,7 @@ from bltjax.model import blt as blt_model
 from bltjax.model import entropy_model as entropy_lm
 from bltjax.patcher import patch_lengths
 from bltjax.pretrained import LoadedCheckpoint, open_checkpoint
+from bltjax.storage import LocalMirror, as_path
 
 LN2 = math.log(2.0)
 
@@ -415,19 +416,10 @@ def summary(report: EvalReport) -> str:
 def write_report(report: EvalReport, out_dir: str | pathlib.Path) -> dict[str, pathlib.Path]:
     """``report.md`` (Markdown table), ``report.png`` (bar charts), ``report.json`` in ``out_dir``
     (a local directory or ``gs://...``: then written locally first and uploaded)."""
-    from bltjax.storage import LocalMirror
-
-    mirror = LocalMirror(out_dir)
-    try:
-        local = _write_report_files(report, mirror.local)
-    finally:
-        mirror.close()
-    return {k: mirror.remote / p.name for k, p in local.items()}
-
-
-def _write_report_files(report: EvalReport, out: pathlib.Path) -> dict[str, pathlib.Path]:
     from bltjax import viz
 
+    mirror = LocalMirror(out_dir)
+    out = mirror.local
     paths = {"markdown": out / "report.md", "png": out / "report.png", "json": out / "report.json"}
     md = [f"# Evaluation report: `{pathlib.Path(report.checkpoint).name}`", "", summary(report).replace("\n", "  \n"),
           "", format_table(report, markdown=True), "",
@@ -438,7 +430,8 @@ def _write_report_files(report: EvalReport, out: pathlib.Path) -> dict[str, path
                  patches_per_char=r.patches_per_char) for r in report.files]
     viz.plot_report(rows, paths["png"], title=f"{report.kind} checkpoint {pathlib.Path(report.checkpoint).name}")
     paths["json"].write_text(json.dumps(report.to_dict(), indent=2))
-    return paths
+    mirror.close()  # uploads a remote report (and drops its local copy)
+    return {k: mirror.remote / p.name for k, p in paths.items()}
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -479,8 +472,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(summary(report))
     print(format_table(report))
     if args.json:
-        from bltjax.storage import as_path
-
         as_path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
         print(f"wrote {args.json}")
     if args.report:
