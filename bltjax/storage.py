@@ -2,8 +2,8 @@
 
 Every path bltjax reads or writes that a user may point at Cloud Storage (the training workdir, data
 files, checkpoints, pretrained directories) goes through :func:`as_path`, which returns an
-``etils.epath.Path``: a ``pathlib.Path`` for local paths, a gcsfs-backed path for ``gs://`` (no
-TensorFlow needed).  Three things GCS cannot do like a local disk are handled here:
+``etils.epath.Path`` (gcsfs-backed for ``gs://``; no TensorFlow needed).  What GCS cannot do like a
+local disk is handled here:
 
 * appending to an object: :class:`LocalMirror` keeps a local copy of a remote directory's files that
   are being appended to (metrics.jsonl, TensorBoard event files) and uploads the changed ones on
@@ -12,7 +12,8 @@ TensorFlow needed).  Three things GCS cannot do like a local disk are handled he
   :func:`stage_local` copies one remote file into a local cache once (``$BLTJAX_CACHE_DIR``, default
   ``~/.cache/bltjax``) and logs it;
 * atomic rename: :func:`write_text_atomic` uses temp-file + rename locally and a single object write
-  (atomic on GCS) remotely.
+  (atomic on GCS) remotely; :func:`move_tree` renames a directory by server-side copies;
+* directories: there are none to create, so :func:`bucket_error` checks the bucket before a run starts.
 
 Credentials are the usual Google ones (gcsfs and tensorstore both use Application Default Credentials:
 the TPU/GCE metadata server, ``gcloud auth application-default login``, or
