@@ -12,8 +12,9 @@ for the forward pass (logits), XLA's FLOP count of both and the achieved GFLOP/s
 
 ``--peer hf`` times Hugging Face ``transformers``' ``BltForCausalLM`` (PyTorch, CPU) on the same
 configuration, the same batch and the same patch lengths (weights are independent random draws).  The
-peer runs in its own interpreter (``benchmarks/hf_peer.py``, driven over stdin/stdout JSON lines), so
-that interpreter only needs ``torch`` and ``transformers``.  The timed steps are split into ``--rounds``
+peer runs in its own process (``benchmarks/hf_peer.py``, driven over stdin/stdout JSON lines): this
+Python when it has ``torch`` and ``transformers`` (``pip install -e '.[bench]' torch``), else the
+interpreter given by ``--peer-python`` / ``BLTJAX_PEER_PYTHON``, which needs only those two packages.  The timed steps are split into ``--rounds``
 rounds that alternate between the two (bltjax first in even rounds, the peer first in odd ones), so a
 change of machine load hits both.  Only one side runs at a time.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -247,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--peer", choices=["none", "hf"], default="none",
                     help="also time this implementation in the same run (hf: transformers' BltForCausalLM)")
     ap.add_argument("--peer-python", default=os.environ.get("BLTJAX_PEER_PYTHON"),
-                    help="interpreter with torch + transformers for the peer (env BLTJAX_PEER_PYTHON)")
+                    help="interpreter with torch + transformers for the peer (env BLTJAX_PEER_PYTHON; "
+                         "default: this one, when it has both)")
     ap.add_argument("--peer-command", default=None, help=argparse.SUPPRESS)  # tests: a fake peer
     ap.add_argument("--threads", type=int, default=None, help="peer threads (default: usable cores)")
     ap.add_argument("--dry-run", action="store_true",
@@ -269,9 +272,12 @@ def main(argv=None) -> int:
             peer_argv = args.peer_command.split()
         elif args.peer_python:
             peer_argv = [args.peer_python, str(PEER_SCRIPTS[args.peer])]
+        elif all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
+            peer_argv = [sys.executable, str(PEER_SCRIPTS[args.peer])]
         else:
-            print("error: --peer hf needs --peer-python PYTHON or BLTJAX_PEER_PYTHON (a Python with torch "
-                  "and transformers, e.g. pip install 'bltjax[bench]' torch)", file=sys.stderr)
+            print("error: --peer hf needs torch and transformers in this Python (pip install -e '.[bench]' "
+                  "torch) or another interpreter that has them (--peer-python PYTHON or BLTJAX_PEER_PYTHON)",
+                  file=sys.stderr)
             return 2
     out = pathlib.Path(args.out or HERE / "results" / f"train_step{'_peer' if peer_argv else ''}"
                        f"{'_dryrun' if tiny else ''}.json")

@@ -92,8 +92,10 @@ def test_peer_errors_are_reported(tmp_path, fake_peer):
 
 def test_peer_needs_an_interpreter(monkeypatch, capsys):
     monkeypatch.delenv("BLTJAX_PEER_PYTHON", raising=False)
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None)  # as without torch
     assert bench.main(["--dry-run", "--peer", "hf"]) == 2
-    assert capsys.readouterr().err.startswith("error: --peer hf needs --peer-python")
+    err = capsys.readouterr().err
+    assert err.startswith("error: --peer hf needs torch and transformers") and "--peer-python" in err
 
 
 @pytest.mark.parametrize("make", [tiny_blt_config, spec19_blt_config])
