@@ -3,7 +3,7 @@
 #
 #   launch/xpk.sh cluster CLUSTER ZONE v5p-128 [--num-slices 2] [--spot]     # create the GKE cluster
 #   launch/xpk.sh train   CLUSTER ZONE WORKLOAD v5p-128 experiments/blt_1b.py gs://BUCKET/runs/blt_1b \
-#                         [--num-slices 2] [--set k=v ...]
+#                         [--num-slices 2] [--max-restarts 3] [--set k=v ...]
 #   launch/xpk.sh train   CLUSTER ZONE WORKLOAD h100-80gb-8 experiments/blt_1b.py gs://BUCKET/runs/x --num-nodes 4
 #   launch/xpk.sh status  CLUSTER ZONE                     # xpk workload list
 #   launch/xpk.sh logs    CLUSTER ZONE WORKLOAD            # follow the logs of the first pod
@@ -19,7 +19,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/common.sh"
 
 usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-pos=() extra=() num_slices=1 num_nodes=1 spot=0 project=""
+pos=() extra=() num_slices=1 num_nodes=1 spot=0 project="" max_restarts=""
 while (($#)); do
   case "$1" in
     --dry-run) DRY_RUN=1 ;;
@@ -27,6 +27,7 @@ while (($#)); do
     --num-slices) num_slices=${2:?--num-slices N}; shift ;;
     --num-nodes) num_nodes=${2:?--num-nodes N}; shift ;;
     --project) project=${2:?--project P}; shift ;;
+    --max-restarts) max_restarts=${2:?--max-restarts N}; shift ;;
     --set) extra+=(--set "${2:?--set KEY=VALUE}"); shift ;;
     -h|--help) usage ;;
     -*) extra+=("$1") ;;
@@ -67,6 +68,7 @@ case "$cmd" in
     fi
     command="pip install -q -e '.[$extra_name]' && python -m bltjax.train $(shquote --config "$config" \
 --workdir "$workdir" --distributed "${train_args[@]}")"
+    [[ -n $max_restarts ]] && target+=(--max-restarts="$max_restarts")
     run xpk workload create "${xflags[@]}" --workload="$workload" "${target[@]}" \
       --base-docker-image=python:3.12-slim --script-dir="$(cd "$here/.." && pwd)" --command="$command"
     ;;

@@ -143,7 +143,9 @@ def test_slurm_srun_line():
 def test_xpk_tpu_and_gpu_workloads():
     (create,) = dry("xpk.sh", "cluster", "c1", "us-east5-a", "v5p-128", "--num-slices", "2", "--spot")
     assert create[:3] == ["xpk", "cluster", "create"] and flag(create, "num-slices") == "2" and "--spot" in create
-    (wl,) = dry("xpk.sh", "train", "c1", "z", "job1", "v5p-128", CONFIG, WORKDIR, "--num-slices", "2")
+    (wl,) = dry("xpk.sh", "train", "c1", "z", "job1", "v5p-128", CONFIG, WORKDIR, "--num-slices", "2",
+                "--max-restarts", "3")
+    assert flag(wl, "max-restarts") == "3"
     assert wl[:3] == ["xpk", "workload", "create"] and flag(wl, "tpu-type") == "v5p-128"
     assert flag(wl, "base-docker-image") == "python:3.12-slim" and flag(wl, "script-dir") == str(ROOT)
     words = shlex.split(flag(wl, "command"))
