@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -120,3 +121,45 @@ def test_cpu_info_parses_cpuinfo():
     assert info["model"] == "Example CPU 9000" and info["logical_cores"] == 2
     assert info["avx_flags"] == ["avx", "avx2", "avx512f", "fma"]
     assert bench.rounds_plan(7, 3) == [3, 2, 2] and bench.rounds_plan(2, 5) == [1, 1]
+
+
+# ---------------------------------------------------------------- gpu_check
+import gpu_check  # noqa: E402
+
+
+def test_gpu_check_dry_run_on_cpu(tmp_path):
+    """benchmarks/gpu_check.sh --dry-run: tiny shapes through the same code as the GPU run."""
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu"}
+    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", "--out", str(out)],
+                         capture_output=True, text=True, timeout=900, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["dry_run"] and r["backend"] == "cpu"
+    t = r["train"]
+    assert t["same_outputs"]["impls"] == ["auto", "xla"] and t["same_outputs"]["ok"]
+    for impl in ("auto", "xla"):
+        s = t[impl]
+        assert len(s["losses"]) == 3 and all(np.isfinite(s["losses"]))  # 1 warm-up + 2 timed steps
+        assert s["step_s_median"] > 0 and s["xla_tflop_per_step"] > 0
+        if s["mfu"] is not None:
+            assert s["mfu"] == pytest.approx(s["model_tflop_per_step"] * 1e12 / s["step_s_median"]
+                                             / r["peak_flops_per_device"])
+    assert t["auto"]["losses"] == pytest.approx(t["xla"]["losses"], rel=1e-6)  # "auto" is xla off GPU
+    f, g = r["forward"], r["generate"]
+    assert f["bytes_per_s"] > 0 and 2.0 <= f["mean_patch_bytes"] <= 10.0
+    assert g["new_bytes"] == 8 and g["bytes_per_s"] == pytest.approx(g["batch"] * 8 / g["s_median"])
+    assert "same outputs auto vs xla" in res.stdout and "-> ok" in res.stdout
+
+
+def test_gpu_check_flags_disagreeing_implementations():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 8, 260)).astype(np.float32)
+    assert gpu_check.same_outputs(logits, logits + 1e-3, [5.0, 4.0], [5.0, 4.001])["ok"]
+    off = logits.copy()
+    off[1, 3, 7] += 0.5 * np.abs(logits).max()
+    assert not gpu_check.same_outputs(off, logits, [5.0], [5.0])["ok"]
+    assert not gpu_check.same_outputs(logits, logits, [5.0, 4.5], [5.0, 4.0])["ok"]
+    nan = logits.copy()
+    nan[0, 0, 0] = np.nan
+    assert not gpu_check.same_outputs(nan, nan, [5.0], [5.0])["ok"]
