@@ -162,7 +162,7 @@ def train_part(plan: Plan) -> dict[str, Any]:
             steps = train_step.make_steps(cfg, mesh)
             state = steps.init(jax.random.key(0))
             batch = jax.device_put(data)
-            fwd = jax.jit(lambda p, t, l: blt.forward(p, resolved, t, l))
+            fwd = jax.jit(lambda p, t, lengths: blt.forward(p, resolved, t, lengths))
             logits[impl] = np.asarray(fwd(state["params"], batch["tokens"], jnp.asarray(lengths)), np.float32)
             t0 = time.perf_counter()
             compiled = steps.train.lower(state, batch, None).compile()
@@ -178,7 +178,7 @@ def train_part(plan: Plan) -> dict[str, Any]:
                 return m["loss"]
 
             times = timed(one, plan.warmup + plan.steps)[plan.warmup:]
-            del state, compiled
+            state = compiled = None  # free the device memory before the next implementation
         med = statistics.median(times)
         peak = metrics.peak_flops_per_device()
         mfu = metrics.mfu(flops_step, med, 1, peak) if peak else float("nan")

@@ -1,7 +1,7 @@
 """Train-step and forward throughput of the 27.6M-parameter CPU benchmark model, optionally next to a peer.
 
     python benchmarks/train_step.py [--steps 12] [--warmup 3] [--out benchmarks/results/train_step.json]
-    python benchmarks/train_step.py --peer hf --peer-python /path/to/venv/bin/python   # or $BLTJAX_PEER_PYTHON
+    python benchmarks/train_step.py --peer hf --peer-python PYTHON   # or $BLTJAX_PEER_PYTHON
     python benchmarks/train_step.py --dry-run      # tiny model, a few steps: checks the code path in seconds
 
 Model: ``spec19_blt_config()`` (local models dim 128, global dim 256 x 4 layers, 6 hash tables of
@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import importlib.util
 import json
-import math
 import os
 import pathlib
 import platform
@@ -310,7 +309,7 @@ def main(argv=None) -> int:
         with jax.set_mesh(setup.mesh):
             train_compiled = setup.steps.train.lower(setup.state, setup.batch, None).compile()
             train_flops = flops_of(train_compiled)
-            fwd = jax.jit(lambda p, t, l: blt.forward(p, resolved, t, l))
+            fwd = jax.jit(lambda p, t, lengths: blt.forward(p, resolved, t, lengths))
             fwd_compiled = fwd.lower(setup.state["params"], setup.batch["tokens"], lengths).compile()
             fwd_flops = flops_of(fwd_compiled)
 
