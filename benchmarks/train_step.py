@@ -14,9 +14,10 @@ for the forward pass (logits), XLA's FLOP count of both and the achieved GFLOP/s
 configuration, the same batch and the same patch lengths (weights are independent random draws).  The
 peer runs in its own process (``benchmarks/hf_peer.py``, driven over stdin/stdout JSON lines): this
 Python when it has ``torch`` and ``transformers`` (``pip install -e '.[bench]' torch``), else the
-interpreter given by ``--peer-python`` / ``BLTJAX_PEER_PYTHON``, which needs only those two packages.  The timed steps are split into ``--rounds``
-rounds that alternate between the two (bltjax first in even rounds, the peer first in odd ones), so a
-change of machine load hits both.  Only one side runs at a time.
+interpreter given by ``--peer-python`` / ``BLTJAX_PEER_PYTHON``, which needs only those two packages.
+The timed steps are split into ``--rounds`` rounds that alternate between the two (bltjax first in
+even rounds, the peer first in odd ones), so a change of machine load hits both.  Only one side runs
+at a time.
 
 Every result carries the CPU model, the logical core count and the AVX flags (``/proc/cpuinfo``) and the
 load average before and after.  Like the bltjax command line tools, the script re-executes itself once
