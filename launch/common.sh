@@ -30,11 +30,12 @@ run() {
 die() { echo "error: $*" >&2; exit 2; }
 
 # Shell snippet (one line) that leaves a Python 3.12 venv with pip in $1, on any Linux with python3:
-# uv (installed with pip into ~/.local) downloads a standalone CPython 3.12 when the system has none.
+# uv (installed with pip into ~/.local) uses the system's python3.12 or downloads a standalone CPython 3.12.
 # The TPU VM images ship Python 3.10; jax 0.12 needs 3.12.
 python312_venv_snippet() {
   local venv=$1
   printf '%s' "export PATH=\$HOME/.local/bin:\$PATH; " \
     "if ! command -v uv >/dev/null; then python3 -m pip install --user -q uv || python3 -m pip install --user -q --break-system-packages uv; fi; " \
-    "uv python install 3.12 && uv venv --seed --allow-existing --python 3.12 $venv && $venv/bin/python --version"
+    "{ uv python find 3.12 >/dev/null 2>&1 || uv python install 3.12; } && " \
+    "uv venv --seed --allow-existing --python 3.12 $venv && $venv/bin/python --version"
 }
