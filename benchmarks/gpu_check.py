@@ -5,7 +5,7 @@
 
 Three parts (``--parts``), all with random weights:
 
-* ``train``: the paper's 1B architecture (``bltjax/experiments_paper.py``: local 1024 wide, 1 + 9
+* ``train``: the paper's 1B architecture (``bltjax/configs/paper.py``: local 1024 wide, 1 + 9
   layers, global 2048 x 25, hash n-grams 3..8) with static 4-byte patches, bf16 compute, fp32 AdamW,
   ``--batch`` x ``--seq-len`` bytes per step, once with cuDNN attention and once with XLA's.  Both start
   from the same initial parameters and see the same batch: their forward logits and their losses must
@@ -58,7 +58,7 @@ LOSS_RTOL = 0.02
 # ---------------------------------------------------------------- configurations
 def one_b_model(hash_vocab: int = 500002) -> BLTConfig:
     """The paper's 1B BLT (released blt-1b shape) with ``hash_vocab`` rows per hash table."""
-    from bltjax.experiments_paper import paper_config
+    from bltjax.configs.paper import paper_config
 
     return dataclasses.replace(paper_config("blt_1b").model, encoder_hash_byte_group_vocab=hash_vocab)
 
@@ -235,10 +235,7 @@ def forward_part(plan: Plan, cfg: BLTConfig, params, eparams) -> dict[str, Any]:
 
 
 def generate_part(plan: Plan, cfg: BLTConfig, params, eparams) -> dict[str, Any]:
-    try:
-        from bltjax.generation import Model, generate
-    except ImportError:
-        from bltjax.generate import Model, generate
+    from bltjax.generation import Model, generate
     model = Model(cfg, params, eparams)
     prompts = [bytes((r[1:] - 4).astype(np.uint8)) for r in random_tokens(plan.gen_batch, plan.prompt_bytes + 1, 5)]
     kw = dict(max_new_bytes=plan.new_bytes, stop_at_eos=False)

@@ -44,10 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bltjax import sharding, train_step
 from bltjax.config import BLTConfig, PatcherConfig, ffn_hidden_dim, spec19_blt_config, tiny_blt_config
 from bltjax.model import blt
 from bltjax.train_config import OptimConfig, TrainConfig
-from bltjax import sharding, train_step
 
 HERE = pathlib.Path(__file__).resolve().parent
 PEER_SCRIPTS = {"hf": HERE / "hf_peer.py"}

@@ -3,7 +3,7 @@
 #
 #   launch/tpu_vm.sh create NODE ZONE v5p-128 [--spot] [--num-slices 2]   # queued resource NODE-qr
 #   launch/tpu_vm.sh setup  NODE ZONE [--num-slices 2]        # Python 3.12 + this checkout on every worker
-#   launch/tpu_vm.sh train  NODE ZONE experiments/blt_1b.py gs://BUCKET/runs/blt_1b [--num-slices 2] [--set k=v ...]
+#   launch/tpu_vm.sh train  NODE ZONE experiments/blt_paper.py:1b gs://BUCKET/runs/blt_1b [--num-slices 2] [--set k=v ...]
 #   launch/tpu_vm.sh logs   NODE ZONE [--worker N] [--slice S] [--lines 100]    # follow ~/train.log
 #   launch/tpu_vm.sh status NODE ZONE [--num-slices 2]        # queued-resource state + training process per worker
 #   launch/tpu_vm.sh ssh    NODE ZONE [--worker N] [--slice S] [-- COMMAND ...]

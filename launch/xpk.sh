@@ -2,9 +2,9 @@
 # Train bltjax on GKE with xpk (pip install xpk): TPU slices (one or several) or GPU node pools.
 #
 #   launch/xpk.sh cluster CLUSTER ZONE v5p-128 [--num-slices 2] [--spot]     # create the GKE cluster
-#   launch/xpk.sh train   CLUSTER ZONE WORKLOAD v5p-128 experiments/blt_1b.py gs://BUCKET/runs/blt_1b \
+#   launch/xpk.sh train   CLUSTER ZONE WORKLOAD v5p-128 experiments/blt_paper.py:1b gs://BUCKET/runs/blt_1b \
 #                         [--num-slices 2] [--max-restarts 3] [--set k=v ...]
-#   launch/xpk.sh train   CLUSTER ZONE WORKLOAD h100-80gb-8 experiments/blt_1b.py gs://BUCKET/runs/x --num-nodes 4
+#   launch/xpk.sh train   CLUSTER ZONE WORKLOAD h100-80gb-8 experiments/blt_paper.py:1b gs://BUCKET/runs/x --num-nodes 4
 #   launch/xpk.sh status  CLUSTER ZONE                     # xpk workload list
 #   launch/xpk.sh logs    CLUSTER ZONE WORKLOAD            # follow the logs of the first pod
 #   launch/xpk.sh delete  CLUSTER ZONE [WORKLOAD]          # the workload, or (without one) the cluster

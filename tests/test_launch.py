@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
 SCRIPTS = ["common.sh", "tpu_vm.sh", "gpu_single.sh", "slurm.sbatch", "xpk.sh"]
 WORKDIR = "gs://my-bucket/runs/blt_1b"
-CONFIG = "experiments/blt_1b.py"
+CONFIG = "experiments/blt_paper.py:1b"
 
 
 def dry(script: str, *args: str) -> list[list[str]]:
