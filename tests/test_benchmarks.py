@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from bltjax.config import tiny_blt_config, spec19_blt_config
+from bltjax.config import spec19_blt_config, tiny_blt_config
 from bltjax.io.hf import config_from_hf
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
