@@ -23,5 +23,6 @@ if command -v nvidia-smi >/dev/null; then
 else
   echo "warning: no nvidia-smi; running on whatever backend JAX finds" >&2
 fi
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}  # JAX's default is 0.75
 "$py" -c 'import jax; print("jax", jax.__version__, jax.devices())'
 exec timeout 600 "$py" benchmarks/gpu_check.py "$@"
