@@ -83,10 +83,15 @@ class StopFlag:
         self.requested = False
 
     def install(self) -> None:
+        """Install the SIGTERM handler (main thread only: ``main()`` called from a worker thread, as a
+        notebook does to plot while training, runs without it)."""
+        import threading
+
         def handler(signum, frame):  # noqa: ARG001
             self.requested = True
 
-        signal.signal(signal.SIGTERM, handler)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
 
     def should_stop(self, step: int, mngr, at_log_step: bool) -> bool:
         """Whether to save and stop after ``step``; the same answer on every process.
