@@ -3,7 +3,7 @@
 Compiles (from a CPU host with ``libtpu``; no TPU needed) forward + backward of one encoder
 cross-attention (k patch query slots per patch attend the bytes of their patch) and one decoder
 cross-attention (each byte attends the k slots of one patch) for one chip of a v5p, at the per-chip
-shapes of ``experiments/blt_1b.py`` by default (1 row of 16384 bytes, 4096 patches, k=2, 16 heads of
+shapes of ``experiments/blt_paper.py:1b`` by default (1 row of 16384 bytes, 4096 patches, k=2, 16 heads of
 64).  Two implementations:
 
 * ``gather``: ``attention.patch_query_attention`` / ``byte_query_attention`` (what bltjax runs):

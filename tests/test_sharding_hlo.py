@@ -24,7 +24,7 @@ from jax.sharding import AxisType, Mesh
 
 from bltjax import sharding
 from bltjax.config import PatcherConfig, TransformerConfig
-from bltjax.experiments_default import get_config
+from bltjax.configs.default import get_config
 from bltjax.model import entropy_model
 from bltjax.train_step import init_params, make_steps
 
@@ -56,7 +56,7 @@ def _config(mesh_shape: tuple[int, int, int], grad_accum: int):
 ACCUM = {"mixed": 2}  # the mixed mesh also splits the batch into micro-batches (strided rows)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(name: str):
     mesh_shape = MESHES[name]
     cfg = _config(mesh_shape, ACCUM.get(name, 1))

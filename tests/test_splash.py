@@ -103,7 +103,7 @@ def test_train_step_compiles_for_tpu_with_the_splash_kernel():
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # other processes may hold libtpu
     from jax.experimental import topologies
 
-    from bltjax.experiments_default import get_config
+    from bltjax.configs.default import get_config
     from bltjax.train_step import make_steps
 
     devices = topologies.get_topology_desc(topology_name="v5p:2x2x1", platform="tpu").devices
