@@ -383,6 +383,15 @@ def constrain(x: jax.Array, logical_axes: Sequence[Optional[str]],
     return jax.lax.with_sharding_constraint(x, spec)
 
 
+def target_platform() -> str:
+    """Platform the code is being compiled for: the devices of the mesh set with ``jax.set_mesh``
+    (so a TPU topology compiled ahead of time from a CPU host counts as TPU), else JAX's default
+    backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
+
+
 def constrain_rows(x: jax.Array, name: str, rows: int, rules: Rules = LOGICAL_AXIS_RULES) -> jax.Array:
     """Constrain a view ``[rows * m, ...]`` of a ``[rows, m, ...]`` activation whose leading dims were
     merged (a 2-D matmul, a batch of blocks): the merged dimension is split exactly as ``rows`` would
@@ -436,7 +445,7 @@ def shard_batch(local_batch: Any, mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES)
 __all__ = [
     "MESH_AXES", "LOGICAL_AXIS_RULES", "MeshConfig", "make_mesh", "logical_to_spec", "param_logical_axes",
     "param_partition_specs", "param_shardings", "abstract_params", "is_axes_leaf", "constrain", "constrain_rows",
-    "UNCONSTRAINED",
+    "UNCONSTRAINED", "target_platform",
     "batch_spec", "batch_sharding", "shard_batch", "BLT_PARAM_AXES", "ENTROPY_PARAM_AXES",
     "BUNDLE_PARAM_AXES",
 ]

@@ -43,7 +43,7 @@ _SHAPE = re.compile(r"\b(?:bf16|f16|f32)\[([0-9,]*)\]")  # activations (ids and 
 def _config(mesh_shape: tuple[int, int, int], grad_accum: int):
     cfg = get_config()
     model = dataclasses.replace(
-        cfg.model, remat="dots", encoder_hash_byte_group_size=HASH_GROUPS, cross_attn_k=K,
+        cfg.model, remat="dots", encoder_hash_byte_group_size=HASH_GROUPS, cross_attn_k=K, n_layers_local_decoder=1,
         patcher=PatcherConfig(mode="entropy", threshold=1.3, patch_size=4, max_patches=P),
         entropy_model=TransformerConfig(dim=32, n_layers=1, n_heads=2, multiple_of=32,
                                         sliding_window=ENTROPY_WINDOW, max_seqlen=N))

@@ -76,7 +76,7 @@ def test_splash_sees_documents_and_window():
 
 
 def test_auto_picks_xla_on_cpu_and_unknown_impl_fails():
-    assert attn.target_platform() == "cpu" and not attn._use_splash("auto")
+    assert sharding.target_platform() == "cpu" and not attn._use_splash("auto")
     assert attn._use_splash("splash")
     q = jnp.zeros((1, 4, 2, 8))
     with pytest.raises(ValueError, match="unknown attention_impl 'flash'"):
@@ -116,7 +116,7 @@ def test_train_step_compiles_for_tpu_with_the_splash_kernel():
     batch = {name: jax.ShapeDtypeStruct((4, 256), dt, sharding=rows)
              for name, dt in (("tokens", jnp.int32), ("targets", jnp.int32), ("mask", jnp.float32))}
     with jax.set_mesh(mesh):
-        assert attn.target_platform() == "tpu"
+        assert sharding.target_platform() == "tpu"
         hlo = steps.train.lower(steps.abstract_state, batch, None).compile().as_text()
     # forward, dq and dkv kernels of the encoder, decoder and global self-attention
     assert hlo.count('custom_call_target="tpu_custom_call"') >= 3 * 3, hlo.count("tpu_custom_call")

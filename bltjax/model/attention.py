@@ -32,7 +32,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from bltjax.sharding import constrain_rows
+from bltjax.sharding import constrain_rows, target_platform
 
 _NEG = -1e30
 
@@ -153,14 +153,6 @@ def _block_local_attention(q_btnh, k_btkh, v_btkh, doc_bt, window: int, block: i
 
 LOCAL_BLOCK = 128  # query block of the block-local path (matmul-friendly, small waste)
 IMPLS = ("auto", "xla", "cudnn", "splash")
-
-
-def target_platform() -> str:
-    """Platform the code is being compiled for: the devices of the mesh set with ``jax.set_mesh``
-    (so a TPU topology compiled from a CPU host counts as TPU), else JAX's default backend."""
-    mesh = jax.sharding.get_abstract_mesh()
-    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
-    return device.platform if device is not None else jax.default_backend()
 
 
 def _use_cudnn(impl: str, dtype) -> bool:

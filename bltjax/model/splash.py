@@ -95,10 +95,8 @@ def self_attention(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, *,
 
     ``interpret`` defaults to "not compiling for TPU" (Pallas interpret mode on CPU / GPU).
     """
-    from bltjax.model.attention import target_platform
-
     if interpret is None:
-        interpret = target_platform() != "tpu"
+        interpret = sharding.target_platform() != "tpu"
     b, t, n, h = q_btnh.shape
     if n % k_btkh.shape[2]:
         raise ValueError(f"{n} query heads are not a multiple of {k_btkh.shape[2]} key/value heads")
