@@ -14,6 +14,7 @@ import math
 import pathlib
 import signal
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -266,7 +267,18 @@ def test_every_experiment_validates(path):
     assert cfg.steps >= 1
 
 
-def test_workdir_loads_with_load_pretrained(learned_run):
+def _orbax_params(workdir: pathlib.Path, step: int) -> dict:
+    """The params saved at ``step``, read with Orbax directly (not through bltjax's checkpoint code)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        state = ckptr.restore((workdir / "checkpoints" / str(step) / "state").resolve())
+    return jax.tree.map(np.asarray, state["params"])
+
+
+def test_workdir_loads_the_newest_checkpoint_with_load_pretrained(learned_run):
+    """load_pretrained(workdir) gives exactly the logits of the newest step's params (16), which differ
+    from the older step's (8)."""
     import bltjax
 
     m = bltjax.load_pretrained(learned_run)
@@ -275,3 +287,8 @@ def test_workdir_loads_with_load_pretrained(learned_run):
     assert lengths.shape[0] == 1 and lengths[0, 0] == 1
     logits = m.logits(tokens)
     assert logits.shape == (1, tokens.shape[1], 260) and np.isfinite(logits).all()
+    newest, older = _orbax_params(learned_run, 16), _orbax_params(learned_run, 8)
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, m.params), newest)
+    same_code = lambda params: dataclasses.replace(m, params=jax.tree.map(jnp.asarray, params), _fns={})  # noqa: E731
+    np.testing.assert_array_equal(logits, same_code(newest).logits(tokens, lengths))
+    assert np.max(np.abs(logits - same_code(older).logits(tokens, lengths))) > 1e-3
