@@ -254,32 +254,47 @@ class BLTConfig:
         return out
 
     def flops_per_byte(self, bytes_per_patch: float, seq_len_bytes: int, training: bool = True) -> float:
-        """Paper-style FLOPs per byte (spec §11): embedding lookups are free, backward = 2x forward.
+        """Paper FLOPs per byte (arXiv 2412.09871 §4.5 Eq. 13 and appendix B; spec §11).
 
-        Forward per byte = 2 * (local encoder + local decoder + output head matmul params)
-        + 2 * (global params + encoder cross-attention + patch projections) / bytes_per_patch
-        + attention score terms (local: window-limited, global: per patch, cross: per slot).
+        Forward per byte = 2 x (matmul weights applied once per byte)
+        + 2 x (matmul weights applied once per patch) / bytes_per_patch
+        + attention scores and weighted values, 4 x width x (keys per query) per attention layer.
+
+        Per byte: local encoder and decoder blocks (q, k, v, o, SwiGLU), the encoder cross-attention's
+        k/v (its keys are bytes), the decoder cross-attention's q/o (its queries are bytes), the output
+        head.  Per patch: the global blocks and input projection, the encoder patch projection and
+        cross-attention q/o (k query slots per patch), the decoder patch projection and cross-attention
+        k/v (k key slots per patch).  Keys per query: the mean causal (windowed) context for
+        self-attention (bytes for the local models, patches for the global one), k slots for a decoder
+        byte, the ~bytes_per_patch bytes of its patch for an encoder slot.  Embedding and hash lookups
+        and norms are free; backward = 2x forward (``training`` multiplies by 3).
         """
-        p = self.num_params(include_hash=False)
         dE, dD, dG, k = self.dim_local_encoder, self.dim_local_decoder, self.dim_global, self.cross_attn_k
-        ps = float(bytes_per_patch)
-        win = min(self.local_attention_window_len or seq_len_bytes, seq_len_bytes)
-        # mean number of keys per query under a causal window: ramps up to W, then stays at W
-        local_ctx = (win * (win + 1) / 2 + (seq_len_bytes - win) * win) / seq_len_bytes
-        patches = seq_len_bytes / ps
-        # byte-rate matmuls: local blocks, decoder cross-attention (q/o per byte; k/v per patch slot)
-        enc_blocks = p["local_encoder"] - self.n_cross_encoder * (4 * dE * dE + 2 * dE) - dE * k * dE
-        dec_cross = self.n_cross_decoder * (4 * dD * dD)
-        dec_blocks = p["local_decoder"] - self.n_cross_decoder * (4 * dD * dD + 2 * dD) - dG * k * dD - dD
-        per_byte = enc_blocks + dec_blocks + p["output_head"] + dec_cross / 2
-        per_byte_attn = (self.n_layers_local_encoder * dE + self.n_layers_local_decoder * dD) * 2 * local_ctx
-        # patch-rate matmuls: global blocks, projections, encoder cross-attn q/o per slot
-        per_patch = (p["global_transformer"] + dE * k * dE + dG * k * dD
-                     + self.n_cross_encoder * k * 2 * dE * dE + dec_cross * k / 2)
-        per_patch_attn = self.n_layers_global * dG * 2 * (patches / 2)
-        # cross attention scores: each byte sees k slots (decoder) / each slot sees ~ps bytes (encoder)
-        cross_attn = self.n_cross_decoder * dD * 2 * k + self.n_cross_encoder * dE * 2 * k
-        fwd = 2 * (per_byte + per_patch / ps) + 2 * (per_byte_attn + per_patch_attn / ps + cross_attn)
+        ps, n = float(bytes_per_patch), int(seq_len_bytes)
+        x_e, x_d = self.n_cross_encoder, self.n_cross_decoder
+
+        def block(d: int, heads: int, kv: int) -> int:  # q, o + k, v + SwiGLU w1, w2, w3
+            hd = d // heads
+            return 2 * d * heads * hd + 2 * d * kv * hd + 3 * d * self.local_ffn_dim(d)
+
+        def causal_keys(length: float, window: Optional[int]) -> float:  # mean of min(i, w), i = 1..length
+            w = length if window is None else min(window, length)
+            return (w * (w + 1) / 2 + (length - w) * w) / length
+
+        kv_local = self.n_kv_heads
+        per_byte = (self.n_layers_local_encoder * block(dE, self.n_heads_local_encoder,
+                                                       kv_local or self.n_heads_local_encoder)
+                    + self.n_layers_local_decoder * block(dD, self.n_heads_local_decoder,
+                                                         kv_local or self.n_heads_local_decoder)
+                    + x_e * 2 * dE * dE + x_d * 2 * dD * dD + self.vocab_size * dD)
+        per_patch = (self.n_layers_global * block(dG, self.n_heads_global, self.n_kv_heads_global or self.n_heads_global)
+                     + (self.patch_dim * dG if self.global_input_projection else 0)
+                     + dE * k * dE + x_e * k * 2 * dE * dE + dG * k * dD + x_d * k * 2 * dD * dD)
+        local_keys = causal_keys(n, self.local_attention_window_len)
+        attn_per_byte = 4 * (self.n_layers_local_encoder * dE + self.n_layers_local_decoder * dD) * local_keys
+        attn_per_byte += 4 * x_d * dD * k + 4 * x_e * dE * k  # decoder: k slots per byte; encoder: k slots x ps bytes per patch
+        attn_per_patch = 4 * self.n_layers_global * dG * causal_keys(n / ps, None)
+        fwd = 2 * per_byte + 2 * per_patch / ps + attn_per_byte + attn_per_patch / ps
         return fwd * (3.0 if training else 1.0)
 
     # ------------------------------------------------------------------ (de)serialisation

@@ -124,8 +124,11 @@ def mean_causal_context(seq_len: int, window: Optional[int]) -> float:
 
 def lm_flops_per_byte(cfg: TransformerConfig, seq_len: int, training: bool = False) -> float:
     """Forward (or training, 3x) FLOPs per byte of a plain byte LM such as the entropy model:
-    2 x (non-embedding matmul params incl. the output head) + attention scores (QK and AV)."""
-    matmul_params = cfg.num_params() - cfg.vocab_size * cfg.dim  # input embedding is a lookup
+    2 x (matmul weights incl. the output head; embedding lookup and norms are free) + attention
+    scores and weighted values (4 x width x mean causal keys per layer)."""
+    d, hd = cfg.dim, cfg.hdim
+    matmul_params = cfg.n_layers * (2 * d * cfg.n_heads * hd + 2 * d * cfg.kv_heads * hd + 3 * d * cfg.ffn_dim) \
+        + cfg.vocab_size * d
     attn = 2 * 2 * cfg.n_layers * cfg.n_heads * cfg.hdim * mean_causal_context(seq_len, cfg.sliding_window)
     fwd = 2 * matmul_params + attn
     return fwd * (3.0 if training else 1.0)
