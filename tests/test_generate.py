@@ -293,9 +293,15 @@ def test_stop_string_and_rows_independent(random_model):
     res = generate(random_model, prompts, max_new_bytes=24, stop=[stop], **RKW)
     assert res[0].finish_reason == "stop" and res[0].completion == comp[:cut]
     assert len(res[0].tokens) == cut + len(stop)
-    other = base[1].completion
-    if other.find(stop) < 0:  # row 1 is unaffected by row 0 stopping
-        assert res[1].completion == other and res[1].finish_reason == "length"
+    # rows 1 and 2 stop only on their own text: unchanged when it lacks the stop string, else cut there
+    unaffected = 0
+    for r in (1, 2):
+        own = base[r].completion
+        at = own.find(stop)
+        want = (own, base[r].finish_reason) if at < 0 else (own[:at], "stop")
+        assert (res[r].completion, res[r].finish_reason) == want, r
+        unaffected += at < 0
+    assert unaffected >= 1  # at least one row shows that row 0's stop does not end the others
 
 
 # ------------------------------------------------------------------------------------------ compilation
