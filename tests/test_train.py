@@ -55,12 +55,34 @@ def snapshot(directory: pathlib.Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+TRACES: dict[str, int] = {}  # traces of the train and eval step during learned_run
+
+
 @pytest.fixture(scope="module")
 def learned_run(tmp_path_factory):
-    """16 steps of the tiny BLT (fsdp over 8 devices) with an eval every 8 steps and TensorBoard."""
+    """16 steps of the tiny BLT (fsdp over 8 devices) with an eval every 8 steps and TensorBoard.
+
+    The train and eval step functions are wrapped with a trace counter (``chex.assert_max_traces``):
+    16 steps and 2 evaluations must trace each exactly once."""
     workdir = tmp_path_factory.mktemp("learn") / "run"
-    code = train.main(["--config", TINY, "--workdir", str(workdir), *MESH_8,
-                       *sets(steps=16, eval_every=8, eval_batches=2, tensorboard=True, checkpoint__every=8)])
+    TRACES.update(train_step=0, eval_step=0)
+
+    def counted(name):
+        capped = chex.assert_max_traces(getattr(train_step, name), n=1)  # raises on a second trace
+
+        def wrapper(*args, **kwargs):
+            TRACES[name] += 1
+            return capped(*args, **kwargs)
+        return wrapper
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_step, "train_step", counted("train_step"))
+        mp.setattr(train_step, "eval_step", counted("eval_step"))
+        try:
+            code = train.main(["--config", TINY, "--workdir", str(workdir), *MESH_8,
+                               *sets(steps=16, eval_every=8, eval_batches=2, tensorboard=True, checkpoint__every=8)])
+        finally:
+            chex.clear_trace_counter()
     assert code == 0
     return workdir
 
@@ -89,6 +111,10 @@ def test_tiny_run_learns_logs_and_checkpoints(learned_run):
     cfg = json.loads((learned_run / "config.json").read_text())
     assert cfg["steps"] == 16 and cfg["mesh"]["ici_fsdp"] == 8
     assert sorted(int(p.name) for p in (learned_run / "checkpoints").iterdir() if p.name.isdigit()) == [8, 16]
+
+
+def test_train_and_eval_steps_trace_once(learned_run):
+    assert TRACES == {"train_step": 1, "eval_step": 1}  # 16 steps, 2 evaluations: no retrace per step
 
 
 def test_checkpoint_restores_as_pretrained_params(learned_run):
