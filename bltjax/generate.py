@@ -295,6 +295,7 @@ def _prepare_model(pretrained) -> tuple[BLTConfig, dict, Optional[dict]]:
         eparams = jax.tree.map(lambda a: jnp.asarray(a, edt), eparams)
     else:
         eparams = None
+    blt.check_params(cfg, pretrained.params)
     return cfg, pretrained.params, eparams
 
 
