@@ -13,8 +13,8 @@ from bltjax.data import DataConfig, embedded, pipeline, sources, tfds_builder
 from bltjax.data.pipeline import BOS_ID, EOS_ID, PAD_ID, encode_document, make_iterator
 from bltjax.data.sources import DataError
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-SHAKESPEARE = REPO.parent / "shared" / "corpora" / "tinyshakespeare" / "input.txt"
+from conftest import require_shared
+
 
 DOCS = [b"hello world", b"a", b"", "caf\u00e9 \u2603 ok".encode(), b"line one\nline two\n",
         b"x" * 37, b"The quick brown fox jumps over the lazy dog."]
@@ -286,10 +286,10 @@ def test_document_split_is_by_content_hash(tmp_path):
     assert all(pipeline.document_fraction(src[d]) < 0.1 for d in va.doc)
 
 
-@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="tiny Shakespeare corpus not present")
 def test_tiny_shakespeare_splits_90_10():
-    cfg = DataConfig(source="text", path=str(SHAKESPEARE))
-    raw = SHAKESPEARE.read_bytes()
+    shakespeare = require_shared("corpora", "tinyshakespeare", "input.txt")
+    cfg = DataConfig(source="text", path=str(shakespeare))
+    raw = shakespeare.read_bytes()
     src, tr = pipeline.stream_index(cfg, "train")
     _, va = pipeline.stream_index(cfg, "validation")
     assert len(src) == 1 and len(raw) == 1_115_394
