@@ -127,8 +127,8 @@ def lm_flops_per_byte(cfg: TransformerConfig, seq_len: int, training: bool = Fal
     2 x (matmul weights incl. the output head; embedding lookup and norms are free) + attention
     scores and weighted values (4 x width x mean causal keys per layer)."""
     d, hd = cfg.dim, cfg.hdim
-    matmul_params = cfg.n_layers * (2 * d * cfg.n_heads * hd + 2 * d * cfg.kv_heads * hd + 3 * d * cfg.ffn_dim) \
-        + cfg.vocab_size * d
+    blocks = cfg.n_layers * (2 * d * cfg.n_heads * hd + 2 * d * cfg.kv_heads * hd + 3 * d * cfg.ffn_dim)
+    matmul_params = blocks + cfg.vocab_size * d  # the output head; the input embedding is a lookup
     attn = 2 * 2 * cfg.n_layers * cfg.n_heads * cfg.hdim * mean_causal_context(seq_len, cfg.sliding_window)
     fwd = 2 * matmul_params + attn
     return fwd * (3.0 if training else 1.0)
