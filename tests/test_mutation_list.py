@@ -34,7 +34,7 @@ def test_a_missing_snippet_is_an_error_not_a_no_op(tmp_path):
     (tmp_path / m.file).write_text("nothing to see here\n")
     with pytest.raises(tool.SnippetError, match="found 0 times"):
         tool.apply(tmp_path, m)
-    assert tool.check_snippets(tmp_path, [m]) == [f"{m.name}: snippet found 0 times in {m.file}"]
+    assert f"{m.name}: snippet found 0 times in {m.file}" in tool.check_snippets(tmp_path, [m])
     (tmp_path / m.file).write_text(m.old + "\n" + m.old + "\n")
     with pytest.raises(tool.SnippetError, match="found 2 times"):
         tool.apply(tmp_path, m)
