@@ -252,7 +252,7 @@ class CheckpointManager:
         self._mngr.wait_until_finished()
         self._mngr.close()
 
-    def __enter__(self) -> "CheckpointManager":
+    def __enter__(self) -> CheckpointManager:
         return self
 
     def __exit__(self, *exc: Any) -> None:

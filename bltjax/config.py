@@ -1,4 +1,6 @@
-"""Model configuration: frozen dataclasses for the BLT model, its entropy model and its patcher.
+"""Model configuration: frozen dataclasses for the BLT model, its entropy model and its patcher,
+and every FLOP formula (``BLTConfig.flops_per_byte``, ``TransformerConfig.flops_per_byte``,
+``train_flops_per_step``).
 
 Every field of the official ``params.json`` that changes behaviour has a field here (spec §20.10);
 ``bltjax.convert`` maps release / Hugging Face configs onto these classes and refuses fields it
@@ -18,6 +20,13 @@ PatchingMode = Literal["entropy", "space", "static", "byte", "bpe"]
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
+
+
+def mean_causal_context(seq_len: int, window: Optional[int]) -> float:
+    """Mean number of keys a query attends to in a causal (optionally windowed) sequence:
+    ``sum_{i=1..L} min(i, w) / L``."""
+    w = seq_len if window is None else min(window, seq_len)
+    return (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
 
 
 def ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: Optional[float]) -> int:
@@ -53,7 +62,7 @@ class PatcherConfig:
     # for single rows; applied by bltjax.pretrained on top of the official include_next_token lengths.
     patches_sum_to_n: bool = False
 
-    def validate(self) -> "PatcherConfig":
+    def validate(self) -> PatcherConfig:
         _check(self.mode in ("entropy", "space", "static", "byte", "bpe"),
                f"unknown patching mode {self.mode!r}")
         _check(self.max_patch_length is None or self.max_patch_length >= 1,
@@ -96,7 +105,7 @@ class TransformerConfig:
     def ffn_dim(self) -> int:
         return ffn_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
 
-    def validate(self) -> "TransformerConfig":
+    def validate(self) -> TransformerConfig:
         _check(self.dim % self.n_heads == 0 or self.head_dim is not None,
                f"dim {self.dim} not divisible by n_heads {self.n_heads}")
         _check(self.n_heads % self.kv_heads == 0, "n_heads must be a multiple of n_kv_heads")
@@ -108,6 +117,17 @@ class TransformerConfig:
         attn = d * self.n_heads * hd * 2 + d * self.kv_heads * hd * 2
         layer = attn + 3 * d * f + 2 * d
         return self.n_layers * layer + 2 * self.vocab_size * d + d
+
+    def flops_per_byte(self, seq_len: int, training: bool = False) -> float:
+        """Forward (or training, 3x) FLOPs per byte of this byte LM (e.g. the entropy model):
+        2 x (matmul weights incl. the output head; embedding lookup and norms are free) + attention
+        scores and weighted values (4 x width x mean causal keys per layer)."""
+        d, hd = self.dim, self.hdim
+        blocks = self.n_layers * (2 * d * self.n_heads * hd + 2 * d * self.kv_heads * hd + 3 * d * self.ffn_dim)
+        matmul_params = blocks + self.vocab_size * d  # the output head; the input embedding is a lookup
+        attn = 2 * 2 * self.n_layers * self.n_heads * self.hdim * mean_causal_context(seq_len, self.sliding_window)
+        fwd = 2 * matmul_params + attn
+        return fwd * (3.0 if training else 1.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -193,7 +213,7 @@ class BLTConfig:
             return 0
         return self.n_layers_local_decoder if self.cross_attn_all_layers_decoder else 1
 
-    def validate(self) -> "BLTConfig":
+    def validate(self) -> BLTConfig:
         _check(self.dim_local_encoder == self.dim_local_decoder,
                "dim_local_decoder must equal dim_local_encoder (the decoder reads encoder states)")
         for name, d, h in (("local_encoder", self.dim_local_encoder, self.n_heads_local_encoder),
@@ -277,23 +297,21 @@ class BLTConfig:
             hd = d // heads
             return 2 * d * heads * hd + 2 * d * kv * hd + 3 * d * self.local_ffn_dim(d)
 
-        def causal_keys(length: float, window: Optional[int]) -> float:  # mean of min(i, w), i = 1..length
-            w = length if window is None else min(window, length)
-            return (w * (w + 1) / 2 + (length - w) * w) / length
-
         kv_local = self.n_kv_heads
         per_byte = (self.n_layers_local_encoder * block(dE, self.n_heads_local_encoder,
                                                        kv_local or self.n_heads_local_encoder)
                     + self.n_layers_local_decoder * block(dD, self.n_heads_local_decoder,
                                                          kv_local or self.n_heads_local_decoder)
                     + x_e * 2 * dE * dE + x_d * 2 * dD * dD + self.vocab_size * dD)
-        per_patch = (self.n_layers_global * block(dG, self.n_heads_global, self.n_kv_heads_global or self.n_heads_global)
+        kv_global = self.n_kv_heads_global or self.n_heads_global
+        per_patch = (self.n_layers_global * block(dG, self.n_heads_global, kv_global)
                      + (self.patch_dim * dG if self.global_input_projection else 0)
                      + dE * k * dE + x_e * k * 2 * dE * dE + dG * k * dD + x_d * k * 2 * dD * dD)
-        local_keys = causal_keys(n, self.local_attention_window_len)
+        local_keys = mean_causal_context(n, self.local_attention_window_len)
         attn_per_byte = 4 * (self.n_layers_local_encoder * dE + self.n_layers_local_decoder * dD) * local_keys
-        attn_per_byte += 4 * x_d * dD * k + 4 * x_e * dE * k  # decoder: k slots per byte; encoder: k slots x ps bytes per patch
-        attn_per_patch = 4 * self.n_layers_global * dG * causal_keys(n / ps, None)
+        # cross-attention: a decoder byte sees k slots; an encoder slot sees ~ps bytes (k slots per patch)
+        attn_per_byte += 4 * x_d * dD * k + 4 * x_e * dE * k
+        attn_per_patch = 4 * self.n_layers_global * dG * mean_causal_context(n / ps, None)
         fwd = 2 * per_byte + 2 * per_patch / ps + attn_per_byte + attn_per_patch / ps
         return fwd * (3.0 if training else 1.0)
 
@@ -305,7 +323,7 @@ class BLTConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BLTConfig":
+    def from_dict(cls, d: dict[str, Any]) -> BLTConfig:
         d = dict(d)
         d["patcher"] = PatcherConfig(**d.get("patcher", {}))
         if d.get("entropy_model") is not None:
@@ -316,6 +334,21 @@ class BLTConfig:
         unknown = set(d) - known
         _check(not unknown, f"unknown BLTConfig fields: {sorted(unknown)}")
         return cls(**d)
+
+
+def train_flops_per_step(cfg: Any, bytes_per_patch: Optional[float] = None) -> float:
+    """Model FLOPs of one optimizer step of ``cfg`` (a ``TrainConfig``), backward = 2x forward.
+
+    BLT: ``model.flops_per_byte(bytes_per_patch, seq_len)`` (spec §11 paper accounting) times the
+    bytes per step; ``bytes_per_patch`` defaults to ``model.patcher.patch_size`` (pass the measured
+    mean for entropy patching).  Entropy-model training (``train_entropy_model``):
+    ``model.entropy_model.flops_per_byte(seq_len, training=True)`` per byte.
+    """
+    n_bytes = cfg.global_batch_size * cfg.seq_len
+    if cfg.train_entropy_model:
+        return cfg.model.entropy_model.flops_per_byte(cfg.seq_len, training=True) * n_bytes
+    ps = cfg.model.patcher.patch_size if bytes_per_patch is None else bytes_per_patch
+    return cfg.resolved_model().flops_per_byte(ps, cfg.seq_len, training=True) * n_bytes
 
 
 def tiny_blt_config(**overrides: Any) -> BLTConfig:
@@ -345,5 +378,5 @@ def spec19_blt_config(**overrides: Any) -> BLTConfig:
     return BLTConfig(**base).validate()
 
 
-__all__ = ["PatcherConfig", "TransformerConfig", "BLTConfig", "ffn_hidden_dim", "tiny_blt_config",
-           "spec19_blt_config"]
+__all__ = ["PatcherConfig", "TransformerConfig", "BLTConfig", "ffn_hidden_dim", "mean_causal_context",
+           "train_flops_per_step", "tiny_blt_config", "spec19_blt_config"]

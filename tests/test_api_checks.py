@@ -12,13 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import DATA
 
 import bltjax
 from bltjax.config import tiny_blt_config
 from bltjax.generate import Model, generate
 from bltjax.model import blt
-
-from conftest import DATA
 
 CFG = tiny_blt_config()
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from subprocess_env import REPO
+from helpers.subprocess_env import REPO
 
 SCRIPT = textwrap.dedent('''
     import conftest

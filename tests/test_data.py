@@ -8,13 +8,11 @@ import pathlib
 import grain
 import numpy as np
 import pytest
+from conftest import require_shared
 
 from bltjax.data import DataConfig, embedded, pipeline, sources, tfds_builder
 from bltjax.data.pipeline import BOS_ID, EOS_ID, PAD_ID, encode_document, make_iterator
 from bltjax.data.sources import DataError
-
-from conftest import require_shared
-
 
 DOCS = [b"hello world", b"a", b"", "caf\u00e9 \u2603 ok".encode(), b"line one\nline two\n",
         b"x" * 37, b"The quick brown fox jumps over the lazy dog."]

@@ -15,8 +15,6 @@ before the one holding the next byte), exactly as in the official code.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -14,11 +14,10 @@ import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import DATA
 
 import bltjax
 from bltjax.model import blt
-
-from conftest import DATA
 
 TINY = DATA / "tiny-entropy"
 N_SEQS = 4

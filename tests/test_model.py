@@ -35,13 +35,15 @@ def tiny():
     return cfg, blt.init_params(cfg, jax.random.key(0))
 
 
-@pytest.mark.parametrize("t,window,heads,kv", [(300, 16, 4, 2), (129, 7, 2, 1), (50, 64, 2, 2), (64, None, 2, 2)])
+# (300, 16) and (129, 7): the block-local path; (20, 16): the dense path with a window shorter than t
+@pytest.mark.parametrize("t,window,heads,kv", [(300, 16, 4, 2), (129, 7, 2, 1), (20, 16, 2, 2), (50, 64, 2, 2),
+                                              (64, None, 2, 2)])
 def test_self_attention_matches_dense_reference(t, window, heads, kv):
     ks = jax.random.split(jax.random.key(1), 4)
     q = jax.random.normal(ks[0], (2, t, heads, 8))
     k = jax.random.normal(ks[1], (2, t, kv, 8))
     v = jax.random.normal(ks[2], (2, t, kv, 8))
-    doc = jnp.cumsum(jax.random.bernoulli(ks[3], 0.03, (2, t)).astype(jnp.int32), axis=1)
+    doc = jnp.cumsum(jax.random.bernoulli(ks[3], 0.03, (2, t)).astype(jnp.int32), axis=1) + (jnp.arange(t) >= t // 2)
     out = A.self_attention(q, k, v, doc_bt=doc, window=window, impl="xla")
     # the mask written out independently of A.local_mask: same document, causal, i - j < window
     dn = np.asarray(doc)

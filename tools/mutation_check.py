@@ -27,7 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -81,7 +82,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_train_step_oracle.py",),
         "masked targets counted in the loss"),
     Mutation(
-        "workdir_loads_oldest_checkpoint", "bltjax/train.py",
+        "workdir_loads_oldest_checkpoint", "bltjax/workdir.py",
         "got_step, state, _ = mngr.restore(step, abstract_state=abstract)",
         "got_step, state, _ = mngr.restore(mngr.all_steps()[0] if step is None else step, abstract_state=abstract)",
         ("tests/test_train.py::test_workdir_loads_the_newest_checkpoint_with_load_pretrained",),
@@ -142,10 +143,19 @@ MUTATIONS: tuple[Mutation, ...] = (
         "cross-attention residual added once instead of twice (official quirk)"),
     Mutation(
         "bf16_entropy_runs_fp32", "bltjax/model/entropy_model.py",
-        "p = params if dtype == \"float32\" else jax.tree.map(lambda a: a.astype(dtype_of(dtype)), params)",
-        "p = params",
+        "logits = forward(p, cfg, chunks, dtype=dtype, attention_impl=attention_impl, boundary_id=boundary)",
+        "logits = forward(params, cfg, chunks, dtype=\"float32\", attention_impl=attention_impl, "
+        "boundary_id=boundary)",
         ("tests/test_fixture_activations.py", "-k", "bf16"),
-        "official-realtime entropies computed with fp32 weights"),
+        "official-realtime entropy model runs in fp32 (only the entropy arithmetic in bf16)"),
+    Mutation(
+        "bf16_entropy_arithmetic_fp32", "bltjax/model/entropy_model.py",
+        "    ent = entropies_from_logits(logits.astype(dtype_of(dtype)), in_logits_dtype=True)\n"
+        "    ent = ent.reshape(rows, n_chunks * c)[:, :length]",
+        "    ent = entropies_from_logits(logits.astype(dtype_of(dtype)))\n"
+        "    ent = ent.reshape(rows, n_chunks * c)[:, :length]",
+        ("tests/test_fixture_activations.py", "-k", "bf16"),
+        "official-realtime entropies: bf16 logits but the entropy arithmetic in fp32"),
     Mutation(
         "flops_encoder_cross_kv_missing", "bltjax/config.py",
         "+ x_e * 2 * dE * dE + x_d * 2 * dD * dD + self.vocab_size * dD)",
@@ -167,15 +177,15 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_flops.py",),
         "global model charged per byte instead of per patch"),
     Mutation(
-        "entropy_flops_head_missing", "bltjax/eval.py",
-        "matmul_params = blocks + cfg.vocab_size * d",
+        "entropy_flops_head_missing", "bltjax/config.py",
+        "matmul_params = blocks + self.vocab_size * d",
         "matmul_params = blocks",
         ("tests/test_flops.py",),
         "entropy-model FLOPs leave out the output head"),
     Mutation(
-        "generation_prompt_not_bucketed", "bltjax/generate.py",
-        "return max(MIN_BUCKET, 1 << max(0, math.ceil(math.log2(max(n, 1)))))",
-        "return max(MIN_BUCKET, n)",
+        "generation_prompt_not_bucketed", "bltjax/padding.py",
+        "    return b if cap is None else max(n, min(b, cap))",
+        "    return n",
         ("tests/test_generate.py", "-k", "no_recompilation_within_bucket"),
         "every prompt length compiles its own prefill and decode loop"),
 )
