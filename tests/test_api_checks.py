@@ -16,7 +16,7 @@ from conftest import DATA
 
 import bltjax
 from bltjax.config import tiny_blt_config
-from bltjax.generate import Model, generate
+from bltjax.generation import Model, generate
 from bltjax.model import blt
 
 CFG = tiny_blt_config()
