@@ -168,5 +168,6 @@ def test_train_flops_per_step():
     ecfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, entropy_model=em), train_entropy_model=True)
     # window 16 over 64 bytes: keys per query 1..16 then 16 -> mean (136 + 48*16) / 64
     ctx = (136 + 48 * 16) / 64
-    per_byte = 6 * (em.num_params() - 260 * 32) + 3 * 2 * 2 * 16 * ctx * 4
+    # matmul weights: 2 layers x (q k v o 4*32*32 + SwiGLU 3*32*96) + head 260*32 = 34_944 (norms free)
+    per_byte = 6 * 34_944 + 3 * 2 * 2 * 16 * ctx * 4
     assert M.train_flops_per_step(ecfg) == pytest.approx(per_byte * 4 * 64)
