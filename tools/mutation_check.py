@@ -149,14 +149,6 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_fixture_activations.py", "-k", "bf16"),
         "official-realtime entropy model runs in fp32 (only the entropy arithmetic in bf16)"),
     Mutation(
-        "bf16_entropy_arithmetic_fp32", "bltjax/model/entropy_model.py",
-        "    ent = entropies_from_logits(logits.astype(dtype_of(dtype)), in_logits_dtype=True)\n"
-        "    ent = ent.reshape(rows, n_chunks * c)[:, :length]",
-        "    ent = entropies_from_logits(logits.astype(dtype_of(dtype)))\n"
-        "    ent = ent.reshape(rows, n_chunks * c)[:, :length]",
-        ("tests/test_fixture_activations.py", "-k", "bf16"),
-        "official-realtime entropies: bf16 logits but the entropy arithmetic in fp32"),
-    Mutation(
         "flops_encoder_cross_kv_missing", "bltjax/config.py",
         "+ x_e * 2 * dE * dE + x_d * 2 * dD * dD + self.vocab_size * dD)",
         "+ x_d * 2 * dD * dD + self.vocab_size * dD)",
