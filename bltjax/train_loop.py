@@ -18,6 +18,7 @@ import warnings
 from typing import Any, Optional
 
 from bltjax import workdir as workdir_lib
+from bltjax.storage import is_remote
 
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED = 0, 2, 3
 
@@ -83,10 +84,15 @@ class StopFlag:
         self.requested = False
 
     def install(self) -> None:
+        """Install the SIGTERM handler (main thread only: ``main()`` called from a worker thread, as a
+        notebook does to plot while training, runs without it)."""
+        import threading
+
         def handler(signum, frame):  # noqa: ARG001
             self.requested = True
 
-        signal.signal(signal.SIGTERM, handler)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
 
     def should_stop(self, step: int, mngr, at_log_step: bool) -> bool:
         """Whether to save and stop after ``step``; the same answer on every process.
@@ -199,6 +205,7 @@ class RunLog:
         self.cfg, self.writer, self.progress = cfg, writer, progress
         self.rates = Throughput(cfg.bytes_per_step, flops_per_step, n_devices)
         self.pending: Optional[tuple[int, Any]] = None
+        self.last_written: Optional[tuple[int, dict]] = None  # (step, scalars) of the newest record
         self.warm = 0
         self.t0_wall, self.t0_cpu = time.time(), time.process_time()
 
@@ -212,12 +219,21 @@ class RunLog:
         return None if previous is None else self._write(*previous)
 
     def add_eval(self, step: int, scalars: dict) -> None:
-        """Validation metrics of ``step``: merged into that step's training record when it is pending
-        (one record per step, as ``read_jsonl`` keeps only the last record of a step), else written."""
+        """Validation metrics of ``step``: merged into that step's training record when it is pending,
+        or written again together with it when that record was already written (``sync`` at a save), as
+        ``read_jsonl`` keeps only the last record of a step; else written alone."""
         if self.pending is not None and self.pending[0] == step:
             self.pending = (step, {**self.pending[1], **scalars})
+        elif self.last_written is not None and self.last_written[0] == step:
+            self.writer.write(step, {**self.last_written[1], **scalars})
         else:
             self.writer.write(step, scalars)
+
+    def sync(self) -> None:
+        """Write the pending record and flush the writer (for a ``gs://`` workdir: upload), so that the
+        records of every step up to a checkpoint are stored before the checkpoint can commit."""
+        self.flush()
+        self.writer.flush()
 
     def flush(self) -> Optional[int]:
         previous, self.pending = self.pending, None
@@ -239,6 +255,7 @@ class RunLog:
         scalars.update(rates, flops_per_byte=self.rates.flops_per_step / cfg.bytes_per_step,
                        elapsed_s=time.time() - self.t0_wall, process_cpu_s=time.process_time() - self.t0_cpu)
         self.writer.write(step, scalars)
+        self.last_written = (step, scalars)
         self.progress.update(step, scalars)
         return step
 
@@ -331,7 +348,12 @@ class TrainLoop:
 
     def save(self, step: int, force: bool) -> None:
         self.check_flags(step)  # never save a diverged state
-        if step != self.last_saved and self.mngr.save(step, self.state, self.setup.train_iter, force=force):
+        if step == self.last_saved:
+            return
+        # Metrics first: a kill after the checkpoint commits must not lose the records of the steps it covers
+        # (a remote workdir's metrics are uploaded here, not appended line by line).
+        self.metrics_log.sync()
+        if self.mngr.save(step, self.state, self.setup.train_iter, force=force):
             self.last_saved = step
 
     def train_one(self) -> bool:
@@ -409,7 +431,7 @@ def run(setup: Setup) -> int:
     cfg, mesh, workdir = setup.cfg, setup.mesh, setup.workdir
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
     topology = run_topology(cfg, mesh)
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and not is_remote(workdir):  # GCS has no directories to create
         workdir.mkdir(parents=True, exist_ok=True)
     # Every process reads the previous topology (the workdir is shared): they must agree on how to restore.
     previous_topology = workdir_lib.read_previous_topology(workdir)
