@@ -36,7 +36,7 @@ import types
 import typing
 from typing import Any, Literal, Mapping, Optional, Sequence, Union
 
-from bltjax.config import BLTConfig
+from bltjax.config import BLTConfig, check_ranges
 
 Schedule = Literal["cosine", "linear", "constant"]
 Precision = Literal["float32", "bfloat16"]
@@ -81,6 +81,7 @@ class OptimConfig:
     grad_accum_steps: int = 1
 
     def validate(self) -> "OptimConfig":
+        check_ranges(self, "optim.")
         _check(self.lr > 0 and math.isfinite(self.lr), f"optim.lr must be a positive number, got {self.lr}")
         _check(0.0 <= self.b1 < 1.0, f"optim.b1 must be in [0, 1), got {self.b1}")
         _check(0.0 <= self.b2 < 1.0, f"optim.b2 must be in [0, 1), got {self.b2}")
@@ -115,6 +116,7 @@ class CheckpointConfig:
     async_save: bool = True
 
     def validate(self) -> "CheckpointConfig":
+        check_ranges(self, "checkpoint.")
         _check(self.every >= 1, f"checkpoint.every must be >= 1, got {self.every}")
         _check(self.keep_latest >= 1, f"checkpoint.keep_latest must be >= 1, got {self.keep_latest}")
         if self.keep_every is not None:
@@ -186,6 +188,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check every section, then the cross-field constraints; raise ValueError naming the keys."""
+        check_ranges(self)  # every numeric field, by dotted key, before any derived size
         _check(bool(self.name) and "/" not in self.name,
                f"name must be a non-empty string without '/', got {self.name!r}")
         self.model.validate()
@@ -515,7 +518,10 @@ def _set_path(root: Any, obj: Any, parts: list[str], value: Any, raw: Optional[s
         new = _set_path(root, current, rest, value, raw, key, prefix + name + ".")
     else:
         new = coerce_value(value, tp, key, raw)
-    return dataclasses.replace(obj, **{name: new})
+    try:
+        return dataclasses.replace(obj, **{name: new})
+    except (ValueError, TypeError) as e:  # a section's __post_init__ check: name the key
+        raise ValueError(str(e) if key in str(e) else f"{key}: {e}") from None
 
 
 def apply_overrides(cfg: Any, overrides: Sequence[str] | Mapping[str, Any], validate: bool = True) -> Any:

@@ -65,7 +65,13 @@ class DataConfig:
 
     def validate(self) -> "DataConfig":
         """Raise ``DataError`` (a ValueError) on inconsistent values; return self."""
+        from bltjax.config import check_ranges
         from bltjax.data.sources import DataError
+
+        try:
+            check_ranges(self, "data.")
+        except ValueError as e:
+            raise DataError(str(e)) from None
 
         def check(cond: bool, msg: str) -> None:
             if not cond:
