@@ -376,11 +376,14 @@ def describe(cfg, mesh, abstract_state, start_step: int, workdir: pathlib.Path, 
         what = (f"BLT {n_params / 1e6:.2f}M params ({hash_p / 1e6:.2f}M hash embeddings): local {m.dim_local_encoder}"
                 f"x{m.n_layers_local_encoder}+{m.n_layers_local_decoder}, global {m.dim_global}x{m.n_layers_global}"
                 f" | patching {pc.mode} (patch_size {pc.patch_size:g}, max_patches {max_patches_for(m, cfg.seq_len)})")
-    train_tok = stream_index(cfg.data, "train")[1].num_tokens
+    train_src, train_index = stream_index(cfg.data, "train")
+    train_tok = train_index.num_tokens
+    n_bad = getattr(train_src, "n_invalid_utf8", 0)
+    not_utf8 = f"; {n_bad} file(s) not valid UTF-8, trained as raw bytes" if n_bad else ""
     lines = [
         f"bltjax.train: {cfg.name} -> {workdir}",
         f"  model: {what} | precision {cfg.precision} | remat {cfg.model.remat}",
-        f"  data: {cfg.data.source}{' ' + cfg.data.path if cfg.data.path else ''} ({train_tok / 1e6:.2f}M train tokens) | seq_len "
+        f"  data: {cfg.data.source}{' ' + cfg.data.path if cfg.data.path else ''} ({train_tok / 1e6:.2f}M train tokens{not_utf8}) | seq_len "
         f"{cfg.seq_len} x batch {cfg.global_batch_size} = {cfg.bytes_per_step} bytes/step | {cfg.steps} steps",
         f"  mesh: {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
         f"{jax.process_count()} process(es) | {flops_per_byte / 1e6:.2f} MFLOPs/byte (train)",
@@ -671,6 +674,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 if __name__ == "__main__":
     from bltjax import hugepages
+    from bltjax.cli import run_cli
 
     hugepages.reexec()
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -1,0 +1,90 @@
+"""One error boundary for every bltjax command-line tool.
+
+``run_cli(main)`` runs a CLI's ``main(argv) -> int`` and turns the failures a user can cause or meet
+into one line on stderr and an exit code, keeping tracebacks for genuine bugs:
+
+* bad config, bad input data, unknown fields, unreadable or missing checkpoints, OS errors on
+  paths (permissions, disk full, not a directory), a lost peer process: ``error: ...`` naming
+  the key or path, exit code 2 (``EXIT_USAGE``);
+* Ctrl-C outside a training loop (which handles it itself): ``error: interrupted``, exit 130;
+* anything else (a bug): the usual traceback, exit code 1.
+
+``BLTJAX_TRACEBACK=1`` in the environment shows the traceback of handled errors too.  Warnings of
+bltjax's own categories (skipped checkpoints, ...) print as one line ``warning: ...``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import traceback
+import warnings
+from typing import Callable, Optional, Sequence
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class PeerLost(RuntimeError):
+    """Another process of a multi-process run stopped answering (raised by ``bltjax.distributed``)."""
+
+
+def error_line(e: BaseException) -> str:
+    """The one-line text of an expected failure (without the ``error: `` prefix)."""
+    if isinstance(e, OSError) and e.strerror:  # raised by the OS: path + reason
+        where = f"{e.filename}: " if e.filename is not None else ""
+        hint = " (the disk is full)" if e.errno == errno.ENOSPC and "disk is full" not in e.strerror else ""
+        return f"{where}{e.strerror}{hint}"
+    text = str(e).strip() or type(e).__name__
+    first = text.splitlines()[0].strip()
+    if isinstance(e, (ValueError, OSError, PeerLost)):
+        return first
+    return f"{type(e).__name__}: {first}"
+
+
+def expected_error(e: BaseException) -> bool:
+    """Failures a user can cause or meet (reported in one line), as opposed to bugs."""
+    if isinstance(e, (ValueError, OSError, PeerLost)):
+        return True
+    # orbax / tensorstore / jax raise their own types for unreadable checkpoints and lost peers
+    return type(e).__name__ in ("XlaRuntimeError", "JaxRuntimeError") and "DEADLINE_EXCEEDED" in str(e)
+
+
+def one_line_warnings() -> None:
+    """Print warnings of bltjax's own categories as ``warning: <message>`` (one line, no source)."""
+    if getattr(warnings.showwarning, "_bltjax", False):
+        return
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if getattr(category, "__module__", "").startswith("bltjax"):
+            print(f"warning: {message}", file=file or sys.stderr, flush=True)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    show._bltjax = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
+def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
+    """``main(argv)`` inside the error boundary; returns the exit code (see the module doc)."""
+    one_line_warnings()
+    try:
+        code = main(argv)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 -- sorted into expected failures and bugs below
+        if not expected_error(e):
+            raise
+        if os.environ.get("BLTJAX_TRACEBACK"):
+            traceback.print_exc()
+        print(f"error: {error_line(e)}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    return EXIT_OK if code is None else int(code)
+
+
+__all__ = ["run_cli", "error_line", "expected_error", "one_line_warnings", "PeerLost",
+           "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_DIVERGED", "EXIT_INTERRUPTED"]
