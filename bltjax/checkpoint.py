@@ -57,6 +57,10 @@ def short_error(e: BaseException, limit: int = 300) -> str:
     ``.../manifest.ocdbt: Error decoding manifest: Encoded length (0) ...``.
     """
     text = " ".join(str(e).split()) or type(e).__name__
+    os_reason = re.search(r"([^:\[]+?)\s*\[os_error", text)  # a failed OS call: its reason + the file
+    quoted = re.findall(r'"(/[^"]+)"', text)
+    if os_reason and quoted:
+        return f"{quoted[-1]}: {os_reason.group(1).strip()}"
     text = text.split(" [tensorstore_spec", 1)[0].split(" [source locations", 1)[0]
     files = re.findall(r'local file "([^"]+)"', text)
     if files:
@@ -109,6 +113,24 @@ def _install_noise_filters() -> None:
 
     excepthook._bltjax = True  # type: ignore[attr-defined]
     sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+
+    # TensorStore completes the writes of an abandoned save from its own threads by calling
+    # ``call_soon_threadsafe`` on the (closed) event loop of the failed save, and prints each
+    # RuntimeError itself.  A call with no Python caller (straight from C++) on a closed loop is
+    # dropped instead; Python callers still get the RuntimeError.
+    import asyncio
+
+    original = asyncio.BaseEventLoop.call_soon_threadsafe
+
+    def call_soon_threadsafe(self, callback, *args, context=None):  # noqa: ANN001
+        if self.is_closed():
+            try:
+                sys._getframe(1)
+            except ValueError:  # called from C++, nobody to raise to
+                return None
+        return original(self, callback, *args, context=context)
+
+    asyncio.BaseEventLoop.call_soon_threadsafe = call_soon_threadsafe  # type: ignore[method-assign]
 
 
 def _warn(msg: str) -> None:
