@@ -25,10 +25,6 @@ from typing import Callable, Optional, Sequence
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
-class PeerLost(RuntimeError):
-    """Another process of a multi-process run stopped answering (raised by ``bltjax.distributed``)."""
-
-
 def error_line(e: BaseException) -> str:
     """The one-line text of an expected failure (without the ``error: `` prefix)."""
     if isinstance(e, OSError) and e.strerror:  # raised by the OS: path + reason
@@ -37,17 +33,14 @@ def error_line(e: BaseException) -> str:
         return f"{where}{e.strerror}{hint}"
     text = str(e).strip() or type(e).__name__
     first = text.splitlines()[0].strip()
-    if isinstance(e, (ValueError, OSError, PeerLost)):
+    if isinstance(e, (ValueError, OSError)):
         return first
     return f"{type(e).__name__}: {first}"
 
 
 def expected_error(e: BaseException) -> bool:
     """Failures a user can cause or meet (reported in one line), as opposed to bugs."""
-    if isinstance(e, (ValueError, OSError, PeerLost)):
-        return True
-    # orbax / tensorstore / jax raise their own types for unreadable checkpoints and lost peers
-    return type(e).__name__ in ("XlaRuntimeError", "JaxRuntimeError") and "DEADLINE_EXCEEDED" in str(e)
+    return isinstance(e, (ValueError, OSError))
 
 
 def one_line_warnings() -> None:
@@ -66,6 +59,26 @@ def one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+def quiet_runtime_logs() -> None:
+    """Silence the C++ runtime's own log lines (call before JAX is imported; multi-process runs).
+
+    When a peer of a multi-process run dies, every survivor's runtime logs a screenful of gRPC and
+    coordination-service errors; ``bltjax.distributed.report_lost_peer`` prints the one line that
+    matters instead.  An explicit ``TF_CPP_MIN_LOG_LEVEL`` in the environment is kept (0 shows all).
+    """
+    if "jax" not in sys.modules:  # read once by the runtime, at its first log line
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def report_if_lost_peer(e: BaseException) -> None:
+    """If ``e`` comes from a lost peer of a multi-process run: one line, exit at once (no return)."""
+    if "jax" in sys.modules:
+        from bltjax import distributed
+
+        if distributed.is_lost_peer_error(e):
+            distributed.report_lost_peer(str(e))  # exits (skips the shutdown barrier with the dead peer)
+
+
 def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
     """``main(argv)`` inside the error boundary; returns the exit code (see the module doc)."""
     one_line_warnings()
@@ -77,6 +90,7 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Seque
         print("error: interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 -- sorted into expected failures and bugs below
+        report_if_lost_peer(e)
         if not expected_error(e):
             raise
         if os.environ.get("BLTJAX_TRACEBACK"):
@@ -86,5 +100,5 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Seque
     return EXIT_OK if code is None else int(code)
 
 
-__all__ = ["run_cli", "error_line", "expected_error", "one_line_warnings", "PeerLost",
+__all__ = ["run_cli", "error_line", "expected_error", "one_line_warnings", "quiet_runtime_logs", "report_if_lost_peer",
            "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_DIVERGED", "EXIT_INTERRUPTED"]

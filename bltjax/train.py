@@ -117,6 +117,11 @@ def resolve_config(args: argparse.Namespace):
 
 def init_runtime(args: argparse.Namespace) -> None:
     """Compile cache and (optionally) the multi-process runtime; before any JAX computation."""
+    multi = args.distributed or any(v is not None for v in (args.coordinator, args.num_processes, args.process_id))
+    if multi:
+        from bltjax.cli import quiet_runtime_logs
+
+        quiet_runtime_logs()  # a lost peer is reported in one line, not by the runtime's C++ logs
     import jax
 
     cache = args.compile_cache if args.compile_cache is not None else os.environ.get("JAX_COMPILATION_CACHE_DIR")
@@ -659,15 +664,19 @@ def restore(cfg, mngr, steps, train_iter, previous: dict, topology: dict, workdi
 
 # ====================================================================== entry point
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from bltjax.cli import report_if_lost_peer
+
     args = build_parser().parse_args(argv)
     try:
         setup = prepare(args)
     except (UsageError, ValueError, FileNotFoundError, TypeError) as e:
+        report_if_lost_peer(e)
         print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     try:
         return run(setup)
     except UsageError as e:  # found while restoring (checkpoint metadata of another model)
+        report_if_lost_peer(e)
         print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_USAGE
 
