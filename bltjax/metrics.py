@@ -236,8 +236,13 @@ class MetricsWriter:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", buffering=1, encoding="utf-8")
         if tensorboard:
+            import logging
+
             from tensorboardX import SummaryWriter
 
+            # NaN/inf values are logged on purpose (a diverging run): the trainer reports them in one
+            # error line, so tensorboardX's per-scalar "NaN or Inf found in input tensor." is muted.
+            logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
             self._tb = SummaryWriter(logdir=str(self.workdir / tb_subdir))
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float | int]:

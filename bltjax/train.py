@@ -57,6 +57,15 @@ def log(msg: str) -> None:
         print(msg, flush=True)
 
 
+def warn_console(msg: str) -> None:
+    """One ``warning: ...`` line on stderr (process 0)."""
+    import jax
+
+    if jax.process_index() == 0:
+        sys.stdout.flush()
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
 # ====================================================================== command line
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bltjax.train", description=__doc__,
@@ -117,11 +126,6 @@ def resolve_config(args: argparse.Namespace):
 
 def init_runtime(args: argparse.Namespace) -> None:
     """Compile cache and (optionally) the multi-process runtime; before any JAX computation."""
-    multi = args.distributed or any(v is not None for v in (args.coordinator, args.num_processes, args.process_id))
-    if multi:
-        from bltjax.cli import quiet_runtime_logs
-
-        quiet_runtime_logs()  # a lost peer is reported in one line, not by the runtime's C++ logs
     import jax
 
     cache = args.compile_cache if args.compile_cache is not None else os.environ.get("JAX_COMPILATION_CACHE_DIR")
@@ -183,7 +187,25 @@ def check_resume(cfg, workdir: pathlib.Path) -> bool:
         except (OSError, ValueError) as e:
             raise UsageError(f"{saved} is unreadable ({_one_line(e)}); fix or remove it to resume") from e
         check_compatible(old, config_to_dict(cfg), workdir)
+    elif has_ckpt:  # config.json lost: the config saved with the newest complete checkpoint decides
+        old = checkpoint_config(ckpt)
+        if old is not None:
+            check_compatible(old, config_to_dict(cfg), workdir)
     return has_ckpt
+
+
+def checkpoint_config(ckpt: pathlib.Path) -> Optional[dict]:
+    """The resolved config stored in the metadata of the newest complete checkpoint step (or None)."""
+    steps = sorted((p for p in ckpt.iterdir() if p.name.isdigit() and (p / "commit_success.txt").exists()),
+                   key=lambda p: int(p.name), reverse=True)
+    for step_dir in steps:
+        try:
+            meta = json.loads((step_dir / "metadata" / "metadata").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and isinstance(meta.get("config"), dict):
+            return meta["config"]
+    return None
 
 
 def check_compatible(old: dict, new: dict, workdir: pathlib.Path) -> None:
@@ -236,6 +258,13 @@ def prepare(args: argparse.Namespace) -> Setup:
     train_iter = make_data_iterator(cfg)  # reads and validates every training document
     if cfg.eval_every:
         stream_index(cfg.data, "validation")
+    elif cfg.data.val_path:  # unused while eval is off, but a wrong path is still a mistake
+        from bltjax.data.sources import expand_paths
+
+        try:
+            expand_paths(cfg.data.val_path)
+        except ValueError as e:
+            raise UsageError(f"data.val_path: {_one_line(e)}") from e
     entropy_params = None
     if not cfg.train_entropy_model and cfg.model.patcher.mode == "entropy" and not cfg.data.entropies_path:
         cfg, entropy_params = load_entropy_model(cfg, mesh)  # (precomputed entropies need no model)
@@ -326,16 +355,26 @@ def load_entropy_model(cfg, mesh):
 
 # ====================================================================== the run
 class StopFlag:
-    """Set by SIGTERM; the loop saves at the next step boundary and exits 0."""
+    """Set by SIGTERM or Ctrl-C (SIGINT): the loop saves at the next step boundary and exits 0.
+    A second Ctrl-C aborts at once (KeyboardInterrupt: exit code 130, nothing more is saved)."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signal_name = "SIGTERM"
 
     def install(self) -> None:
         def handler(signum, frame):  # noqa: ARG001
+            if signum == signal.SIGINT and self.requested:
+                raise KeyboardInterrupt
             self.requested = True
+            self.signal_name = signal.Signals(signum).name
+            if signum == signal.SIGINT:
+                print("\ninterrupted: saving at the end of this step (Ctrl-C again to abort without saving)",
+                      file=sys.stderr, flush=True)
 
         signal.signal(signal.SIGTERM, handler)
+        if threading_main():
+            signal.signal(signal.SIGINT, handler)
 
     def should_stop(self, step: int, mngr, at_log_step: bool) -> bool:
         """Whether to save and stop after ``step``; the same answer on every process.
@@ -356,6 +395,12 @@ class StopFlag:
             flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
             stop = stop or bool(np.any(flags))
         return stop
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def count_params(tree) -> int:
@@ -457,6 +502,8 @@ class RunLog:
         self.rates = Throughput(cfg.bytes_per_step, flops_per_step, n_devices)
         self.pending: Optional[tuple[int, Any]] = None
         self.warm = 0
+        self.overflow_steps: list[tuple[int, float]] = []  # logged steps with truncated rows
+        self.logged_steps = 0
         self.t0_wall, self.t0_cpu = time.time(), time.process_time()
 
     def restart_clock(self) -> None:
@@ -495,12 +542,39 @@ class RunLog:
                        elapsed_s=time.time() - self.t0_wall, process_cpu_s=time.process_time() - self.t0_cpu)
         self.writer.write(step, scalars)
         self.progress.update(step, scalars)
+        self._check_overflow(step, scalars.get("overflow_frac", 0.0))
         return step
+
+    def _check_overflow(self, step: int, frac: float) -> None:
+        """Warn on the console the first time rows are truncated by the static patch budget."""
+        self.logged_steps += 1
+        if not (frac > 0):
+            return
+        self.overflow_steps.append((step, float(frac)))
+        if len(self.overflow_steps) == 1:
+            warn_console(f"step {step}: {frac:.0%} of rows needed more than {self._max_patches()} patches and were "
+                         f"truncated (their last patch absorbs the rest); raise model.patcher.max_patches or "
+                         f"model.patcher.patch_size (overflow_frac in metrics.jsonl)")
+
+    def _max_patches(self) -> str:
+        from bltjax.train_step import max_patches_for
+
+        return f"model.patcher.max_patches={max_patches_for(self.cfg.model, self.cfg.seq_len)}"
+
+    def overflow_summary(self) -> Optional[str]:
+        if not self.overflow_steps:
+            return None
+        worst = max(f for _, f in self.overflow_steps)
+        return (f"patch overflow in {len(self.overflow_steps)} of {self.logged_steps} logged steps (up to "
+                f"{worst:.0%} of rows truncated at {self._max_patches()})")
 
     def close(self) -> None:
         self.flush()
         self.writer.close()
         self.progress.close()
+        summary = self.overflow_summary()
+        if summary:
+            warn_console(summary)
 
 
 def run(setup: Setup) -> int:
@@ -606,7 +680,7 @@ def run(setup: Setup) -> int:
                             + patches)
                     metrics_log.restart_clock()
                 if stopping:
-                    log(f"SIGTERM: saved step {step}, exiting")
+                    log(f"{stop.signal_name}: saved step {step}, exiting")
                     break
             metrics_log.flush()
             check_flags(step)
@@ -664,21 +738,28 @@ def restore(cfg, mngr, steps, train_iter, previous: dict, topology: dict, workdi
 
 # ====================================================================== entry point
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from bltjax.cli import report_if_lost_peer
+    from bltjax.cli import quiet_runtime_logs, report_if_lost_peer
 
     args = build_parser().parse_args(argv)
+    if args.distributed or any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)):
+        quiet_runtime_logs()  # before JAX loads: a lost peer is one line, not the runtime's C++ logs
     try:
         setup = prepare(args)
     except (UsageError, ValueError, FileNotFoundError, TypeError) as e:
         report_if_lost_peer(e)
         print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return run(setup)
     except UsageError as e:  # found while restoring (checkpoint metadata of another model)
         report_if_lost_peer(e)
         print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    finally:
+        if threading_main():  # run() installed its stop handlers: give the caller's back
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":
