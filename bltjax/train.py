@@ -174,6 +174,23 @@ def check_mesh_batch(cfg, mesh) -> None:
                          f"{jax.process_count()} processes")
 
 
+def check_workdir(workdir: pathlib.Path) -> None:
+    """The workdir must be a directory, or creatable: its nearest existing ancestor a writable directory."""
+    if workdir.exists():
+        if not workdir.is_dir():
+            raise UsageError(f"--workdir {workdir} exists and is not a directory")
+        if not os.access(workdir, os.W_OK | os.X_OK):
+            raise UsageError(f"--workdir {workdir} is not writable")
+        return
+    parent = workdir.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--workdir {workdir} cannot be created: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--workdir {workdir} cannot be created: {parent} is not writable")
+
+
 def check_resume(cfg, workdir: pathlib.Path) -> bool:
     """True when ``workdir`` holds checkpoints; refuse a changed model shape (UsageError)."""
     from bltjax.train_config import config_to_dict, model_shape_diff
@@ -243,8 +260,7 @@ def prepare(args: argparse.Namespace) -> Setup:
         raise UsageError(f"--workdir {raw_workdir}: remote URLs are not supported; use a local directory or a "
                          f"mounted bucket (gcsfuse / NFS) that every host can see")
     workdir = pathlib.Path(raw_workdir).expanduser()
-    if workdir.exists() and not workdir.is_dir():
-        raise UsageError(f"--workdir {workdir} exists and is not a directory")
+    check_workdir(workdir)
     cfg = dataclasses.replace(cfg, workdir=str(workdir))
     try:
         mesh = sharding.make_mesh(cfg.mesh)
