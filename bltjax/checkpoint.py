@@ -192,8 +192,8 @@ class CheckpointManager:
         self.directory = _as_path(directory)
         self.read_only = bool(read_only)
         self._pending_step: Optional[int] = None  # the async save in flight (or last started)
+        _install_noise_filters()
         if not read_only:
-            _install_noise_filters()
             self._report_half_written()
         self._default_metadata = dict(metadata or {})
         keep: list[Any] = [ocm.LatestN(keep_latest)]
