@@ -154,6 +154,15 @@ def _watch_runtime_fatal_errors() -> None:
     atexit.register(restore)
 
 
+def _backends_initialized() -> bool:
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # private API moved: assume not, let JAX complain
+        return False
+
+
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
                process_id: Optional[int] = None,
                local_device_ids: Optional[Union[int, Sequence[int]]] = None,
