@@ -30,10 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bltjax import sharding, train_step
 from bltjax.config import PatcherConfig, spec19_blt_config
 from bltjax.model import blt
 from bltjax.train_config import OptimConfig, TrainConfig
-from bltjax import sharding, train_step
 
 OFFICIAL = {"train_bytes_per_s": (3070, 3360), "forward_bytes_per_s": (6900, 9000)}  # spec §19, 2-core box
 

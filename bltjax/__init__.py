@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_pretrained": ("bltjax.pretrained", "load_pretrained"),
     "Pretrained": ("bltjax.pretrained", "Pretrained"),
-    "generate": ("bltjax.generate", "generate"),
+    "generate": ("bltjax.generation", "generate"),
 }
 
 

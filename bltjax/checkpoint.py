@@ -388,7 +388,7 @@ class CheckpointManager:
             with contextlib.suppress(Exception):
                 self._mngr.close()
 
-    def __enter__(self) -> "CheckpointManager":
+    def __enter__(self) -> CheckpointManager:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -30,18 +30,25 @@ import math
 import pathlib
 import sys
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bltjax.config import BLTConfig, PatcherConfig, TransformerConfig
+from bltjax.config import (
+    BLTConfig,
+    PatcherConfig,
+    TransformerConfig,
+    mean_causal_context,  # noqa: F401  (re-exported)
+)
+from bltjax.data.documents import encode_document, read_files
+from bltjax.entropy_scoring import DEFAULT_THRESHOLD, context_config, threshold_patcher
 from bltjax.model import blt as blt_model
 from bltjax.model import entropy_model as entropy_lm
-from bltjax.patcher import model_patch_lengths, patch_lengths
-from bltjax.patching import (DEFAULT_THRESHOLD, LoadedCheckpoint, context_config, encode_document,
-                             open_checkpoint, read_files, threshold_patcher)
+from bltjax.patcher import patch_lengths
+from bltjax.pretrained import LoadedCheckpoint, open_checkpoint
 
 LN2 = math.log(2.0)
 
@@ -79,7 +86,7 @@ class FileEval:
     def patches_per_char(self) -> Optional[float]:
         return self.n_patches / max(self.n_chars, 1) if self.n_patches else None
 
-    def add(self, other: "FileEval") -> None:
+    def add(self, other: FileEval) -> None:
         for f in ("file_bytes", "n_chars", "n_targets", "ce_nats", "n_tokens", "n_patches", "overflow_rows"):
             setattr(self, f, getattr(self, f) + getattr(other, f))
 
@@ -115,20 +122,9 @@ class EvalReport:
 # ----------------------------------------------------------------------------- FLOPs
 
 
-def mean_causal_context(seq_len: int, window: Optional[int]) -> float:
-    """Mean number of keys a query attends to in a causal (optionally windowed) sequence."""
-    w = seq_len if window is None else min(window, seq_len)
-    # sum_{i=1..L} min(i, w) / L
-    return (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
-
-
 def lm_flops_per_byte(cfg: TransformerConfig, seq_len: int, training: bool = False) -> float:
-    """Forward (or training, 3x) FLOPs per byte of a plain byte LM such as the entropy model:
-    2 x (non-embedding matmul params incl. the output head) + attention scores (QK and AV)."""
-    matmul_params = cfg.num_params() - cfg.vocab_size * cfg.dim  # input embedding is a lookup
-    attn = 2 * 2 * cfg.n_layers * cfg.n_heads * cfg.hdim * mean_causal_context(seq_len, cfg.sliding_window)
-    fwd = 2 * matmul_params + attn
-    return fwd * (3.0 if training else 1.0)
+    """Forward (or training, 3x) FLOPs per byte of a plain byte LM: ``cfg.flops_per_byte`` (bltjax.config)."""
+    return cfg.flops_per_byte(seq_len, training=training)
 
 
 # ----------------------------------------------------------------------------- windows
@@ -190,10 +186,9 @@ def score_blt(params, entropy_params, x_bl, y_bl, n_x_b, *, cfg: BLTConfig, ecfg
     kept out of the patches (``lengths_b``), which cannot change any real position's logits since the
     model is causal.  Returns per-row ``(ce_sum, n_targets, n_patches, overflow)``.
     """
-    ent = None
-    if pcfg.mode == "entropy":
-        ent = entropy_lm.compute_entropies(entropy_params, ecfg, ctx, x_bl)
-    lengths, overflow = model_patch_lengths(pcfg, x_bl, ent, max_patches=max_patches, lengths_b=n_x_b)
+    model = dataclasses.replace(cfg, entropy_model=ecfg) if pcfg.mode == "entropy" else cfg
+    lengths, overflow = blt_model.patch_lengths(model, entropy_params, x_bl, patcher_cfg=pcfg, context=ctx,
+                                                max_patches=max_patches, lengths_b=n_x_b)
     logits = blt_model.forward(params, cfg, x_bl, lengths)
     ce, n = _ce_per_row(logits, y_bl)
     return ce, n, _patches_per_row(lengths, n_x_b), overflow

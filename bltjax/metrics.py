@@ -24,11 +24,14 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from bltjax.config import train_flops_per_step  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +79,7 @@ def _cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measure_matmul_flops(n: int = 1024, repeats: int = 3) -> float:
     """Best-of-``repeats`` fp32 ``n x n`` matmul FLOP/s on the default device (cached per process)."""
     a = jnp.ones((n, n), jnp.float32)
@@ -135,29 +138,7 @@ def mfu(flops_per_step: float, step_time_s: float, n_devices: int,
     return float(flops_per_step) / (step_time_s * n_devices * peak)
 
 
-def _mean_causal_context(seq_len: int, window: Optional[int]) -> float:
-    """Mean number of keys a query sees under a causal (optionally sliding-window) mask."""
-    w = seq_len if window is None else min(window, seq_len)
-    return (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
-
-
-def train_flops_per_step(cfg: Any, bytes_per_patch: Optional[float] = None) -> float:
-    """Model FLOPs of one optimizer step of ``cfg`` (a TrainConfig), backward = 2x forward.
-
-    BLT: ``model.flops_per_byte(bytes_per_patch, seq_len)`` (spec §11 paper accounting) times the
-    bytes per step; ``bytes_per_patch`` defaults to ``model.patcher.patch_size`` (pass the measured
-    mean for entropy patching).  Entropy-model training (``train_entropy_model``): per byte
-    ``6 * (params - embedding table) + 12 * n_layers * dim * mean causal context``.
-    """
-    n_bytes = cfg.global_batch_size * cfg.seq_len
-    if cfg.train_entropy_model:
-        em = cfg.model.entropy_model
-        matmul_params = em.num_params() - em.vocab_size * em.dim  # the input lookup is free
-        ctx = _mean_causal_context(cfg.seq_len, em.sliding_window)
-        attn = em.n_layers * em.n_heads * em.hdim * ctx * 4  # QK^T and AV, forward
-        return 3.0 * (2.0 * matmul_params + attn) * n_bytes
-    ps = cfg.model.patcher.patch_size if bytes_per_patch is None else bytes_per_patch
-    return cfg.resolved_model().flops_per_byte(ps, cfg.seq_len, training=True) * n_bytes
+# train_flops_per_step moved to bltjax.config (one home for FLOP formulas); re-exported here.
 
 
 class Throughput:
@@ -171,6 +152,10 @@ class Throughput:
         self.peak_flops = peak_flops
         self._clock = clock
         self._last: Optional[tuple[int, float]] = None
+
+    def restart(self) -> None:
+        """Forget the previous call: the next ``update`` only starts the clock again."""
+        self._last = None
 
     def update(self, step: int) -> dict[str, float]:
         """Rates since the previous call; ``{}`` on the first call (it only starts the clock)."""
@@ -285,7 +270,7 @@ class MetricsWriter:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> "MetricsWriter":
+    def __enter__(self) -> MetricsWriter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -7,10 +7,11 @@ repository root, resolved from this file; override with --set data.path=...):
 
 Model: ``model.entropy_model`` = 4 layers x 128 wide, 4 heads, sliding window 512 (spec §2), trained on
 rows of 512 bytes (the window), batch 8 (4 KiB per step), 1000 steps; 0.92M parameters, ~6.9 MFLOPs per
-byte.  Same pipeline, sharding, checkpoints and metrics as BLT training.  The finished workdir is a valid ``entropy_model_checkpoint``; pick a threshold for a target
-mean patch size, then train a BLT that patches with it::
+byte.  Same pipeline, sharding, checkpoints and metrics as BLT training.  The finished workdir is a
+valid ``entropy_model_checkpoint``; pick a threshold for a target mean patch size, then train a BLT
+that patches with it::
 
-    python -m bltjax.patching calibrate --entropy-model runs/entropy_tiny_shakespeare \
+    python -m bltjax.entropy_tools calibrate --entropy-model runs/entropy_tiny_shakespeare \
         --data ../shared/corpora/tinyshakespeare/input.txt --target-bytes-per-patch 4 \
         --seq-len 256 --sample-bytes 1000000      # the BLT's row length; the training split only
     python -m bltjax.train --config experiments/tiny_shakespeare.py --workdir runs/ts_entropy \

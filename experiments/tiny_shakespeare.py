@@ -20,7 +20,7 @@ held-out text, printed every 250 steps) 2.40 at step 250, 2.23 at 500 (8 min), 2
 
 import pathlib
 
-from bltjax.config import BLTConfig, PatcherConfig
+from bltjax.configs.default import model_config
 from bltjax.data import DataConfig
 from bltjax.sharding import MeshConfig
 from bltjax.train_config import CheckpointConfig, OptimConfig, TrainConfig
@@ -29,17 +29,9 @@ DATA = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "corpo
 
 
 def get_config() -> TrainConfig:
-    model = BLTConfig(
-        dim_local_encoder=64, dim_local_decoder=64, n_layers_local_encoder=1, n_layers_local_decoder=2,
-        n_heads_local_encoder=2, n_heads_local_decoder=2, dim_global=128, n_layers_global=2,
-        n_heads_global=2, cross_attn_k=2, cross_attn_nheads=2, multiple_of=64,
-        encoder_hash_byte_group_size=(3, 4, 5, 6), encoder_hash_byte_group_vocab=4099,
-        local_attention_window_len=256, max_encoder_seq_length=256, max_seqlen=128,
-        patcher=PatcherConfig(mode="static", patch_size=4, threshold=None),
-    )
     return TrainConfig(
         name="tiny_shakespeare",
-        model=model,
+        model=model_config(),  # the default experiment's model
         data=DataConfig(source="text", path=str(DATA), split_rule="stream", val_fraction=0.1),
         optim=OptimConfig(lr=3e-3, warmup_steps=100, weight_decay=0.1, lr_min_ratio=0.05),
         checkpoint=CheckpointConfig(every=250, keep_latest=2),

@@ -3,7 +3,7 @@
 #
 #   launch/tpu_vm.sh create  NODE ZONE v5p-128 [--spot]   # request the slice
 #   launch/tpu_vm.sh setup   NODE ZONE                    # copy this repo to every worker and install it
-#   launch/tpu_vm.sh train   NODE ZONE experiments/blt_1b.py /mnt/bucket/runs/blt_1b [--set k=v ...]
+#   launch/tpu_vm.sh train   NODE ZONE experiments/blt_paper.py:1b /mnt/bucket/runs/blt_1b [--set k=v ...]
 #   launch/tpu_vm.sh delete  NODE ZONE
 #
 # Notes: the command must run on ALL workers (running on worker 0 only hangs backend init);

@@ -5,7 +5,7 @@ three) fails its third save; the workdir then holds two complete steps and a hal
 emptying the newest complete step's OCDBT manifest, a restart must discard the half-written step and
 skip the corrupt one with one warning line each, and resume from the oldest step, with no traceback.
 Where no tmpfs can be mounted (not root, no sudo), a file-size limit set after the second save stands
-in for the full disk (``tests/train_child_kill.py --file-size-limit-after-step``).
+in for the full disk (``tests/helpers/train_child_kill.py --file-size-limit-after-step``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import pathlib
 import subprocess
 import sys
 
-from subprocess_env import REPO, env_with_devices
+from helpers.subprocess_env import REPO, env_with_devices
 
-TINY = str(REPO / "tests" / "train_child_tiny.py")
-KILLER = str(REPO / "tests" / "train_child_kill.py")
+TINY = str(REPO / "tests" / "helpers" / "train_child_tiny.py")
+KILLER = str(REPO / "tests" / "helpers" / "train_child_kill.py")
 ONE_DEVICE = ["--set", "mesh.ici_data=1", "--set", "mesh.ici_fsdp=1", "--set", "mesh.ici_tensor=1"]
 
 

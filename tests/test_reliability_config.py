@@ -15,7 +15,7 @@ import pytest
 
 from bltjax.config import TransformerConfig
 from bltjax.train_config import TrainConfig, apply_overrides, load_config
-from subprocess_env import REPO, env_with_devices
+from helpers.subprocess_env import REPO, env_with_devices
 
 # value -> fields where that value is legal (everything else must be refused for 0 and -1)
 LEGAL = {

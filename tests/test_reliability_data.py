@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from subprocess_env import REPO, env_with_devices
+from helpers.subprocess_env import REPO, env_with_devices
 
 from bltjax.data import DataConfig, pipeline
 from bltjax.train_config import apply_overrides, load_config

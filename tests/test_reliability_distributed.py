@@ -1,6 +1,6 @@
 """A peer that dies ends every other process of a multi-process run within 30 s, with one line.
 
-Two processes on loopback (``tests/mp_fault_child.py``: ``bltjax.distributed.initialize``, a sharded
+Two processes on loopback (``tests/helpers/mp_fault_child.py``: ``bltjax.distributed.initialize``, a sharded
 checkpoint saved by both, then a loop of cross-process all-gathers inside the ``bltjax.cli`` error
 boundary, as in a training loop); one SIGKILLs itself.  The survivor must exit non-zero within 30 s
 with ``error: lost contact with process N`` as its only stderr line (no Python or C++ trace), and the
@@ -19,11 +19,11 @@ import jax
 import numpy as np
 import portpicker
 import pytest
-from subprocess_env import REPO, env_with_devices
+from helpers.subprocess_env import REPO, env_with_devices
 
 from bltjax.checkpoint import CheckpointManager
 
-CHILD = str(REPO / "tests" / "mp_fault_child.py")
+CHILD = str(REPO / "tests" / "helpers" / "mp_fault_child.py")
 
 
 @pytest.mark.parametrize("victim,idle", [(1, False), (0, False), (1, True)])

@@ -11,9 +11,9 @@ import subprocess
 import sys
 import time
 
-from subprocess_env import REPO, env_with_devices
+from helpers.subprocess_env import REPO, env_with_devices
 
-TINY = str(REPO / "tests" / "train_child_tiny.py")
+TINY = str(REPO / "tests" / "helpers" / "train_child_tiny.py")
 ONE_DEVICE = ["--set", "mesh.ici_data=1", "--set", "mesh.ici_fsdp=1", "--set", "mesh.ici_tensor=1"]
 
 

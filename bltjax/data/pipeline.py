@@ -56,8 +56,8 @@ import numpy as np
 
 from bltjax.data import DataConfig
 from bltjax.data.embedded import embedded_corpus
-from bltjax.data.sources import (ArrayRecordSource, DataError, DocumentSource, TfdsSource,
-                                 jsonl_files, text_files)
+from bltjax.data.sources import ArrayRecordSource, DataError, DocumentSource, TfdsSource, jsonl_files, text_files
+from bltjax.tokenizer import encode_document  # noqa: F401  (re-exported: the one document encoding)
 
 PAD_ID = 0
 BOS_ID = 1
@@ -67,11 +67,6 @@ SPLITS = ("train", "validation")
 
 
 # ----------------------------------------------------------------------------- tokens
-
-
-def encode_document(doc: bytes) -> np.ndarray:
-    """``[BOS] (bytes + 4) [EOS]`` as int32."""
-    return doc_token_slice(doc, 0, len(doc) + 2)
 
 
 def doc_token_slice(doc: bytes, lo: int, hi: int) -> np.ndarray:
@@ -253,7 +248,12 @@ class _Entropies:
     def _load(self) -> np.ndarray:
         if not pathlib.Path(self.path).is_file():
             raise DataError(f"entropies file {self.path!r} does not exist")
-        return np.load(self.path, mmap_mode="r")
+        from bltjax.data.entropy_file import open_entropies
+
+        try:
+            return open_entropies(self.path)
+        except ValueError as e:
+            raise DataError(str(e)) from None
 
     def __getstate__(self):
         return {"path": self.path}

@@ -1,6 +1,6 @@
 """One process of the peer-loss tests in test_reliability_distributed.py (run as a script).
 
-    python tests/mp_fault_child.py --coordinator 127.0.0.1:PORT --process-id I --num-processes 2 \
+    python tests/helpers/mp_fault_child.py --coordinator 127.0.0.1:PORT --process-id I --num-processes 2 \
         --workdir DIR [--die-after N]
 
 Joins the run through ``bltjax.distributed.initialize``, saves a small sharded checkpoint at step 1
@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def main(argv=None) -> int:
