@@ -452,4 +452,5 @@ def load_params(directory: Any, abstract: Any = None) -> tuple[Any, dict]:
     return restored[PARAMS], dict(metadata or {})
 
 
-__all__ = ["CheckpointManager", "CheckpointCorruptionWarning", "CheckpointSaveError", "short_error", "save_params", "load_params"]
+__all__ = ["CheckpointManager", "CheckpointCorruptionWarning", "CheckpointSaveError", "short_error", "save_params",
+           "load_params"]

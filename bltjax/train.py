@@ -23,6 +23,7 @@ import os
 import pathlib
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Optional
 
@@ -41,7 +42,6 @@ from bltjax.train_loop import (  # noqa: F401
     make_data_iterator,
     one_line,
     run,
-    threading_main,
 )
 
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
@@ -304,7 +304,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     finally:
-        if threading_main():  # run() installed its stop handlers: give the caller's back
+        if threading.current_thread() is threading.main_thread():  # run() installed stop handlers: restore
             for sig, handler in handlers.items():
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 

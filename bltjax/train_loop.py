@@ -13,6 +13,7 @@ import math
 import pathlib
 import signal
 import sys
+import threading
 import time
 import warnings
 from typing import Any, Optional
@@ -104,7 +105,7 @@ class StopFlag:
                       file=sys.stderr, flush=True)
 
         signal.signal(signal.SIGTERM, handler)
-        if threading_main():
+        if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, handler)
 
     def should_stop(self, step: int, mngr, at_log_step: bool) -> bool:
@@ -126,12 +127,6 @@ class StopFlag:
             flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
             stop = stop or bool(np.any(flags))
         return stop
-
-
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def count_params(tree) -> int:
@@ -222,14 +217,13 @@ class RunLog:
     """
 
     def __init__(self, cfg, writer, progress, flops_per_step: float, n_devices: int):
-        from bltjax.metrics import Throughput
+        from bltjax.metrics import OverflowWatch, Throughput
 
         self.cfg, self.writer, self.progress = cfg, writer, progress
         self.rates = Throughput(cfg.bytes_per_step, flops_per_step, n_devices)
         self.pending: Optional[tuple[int, Any]] = None
         self.warm = 0
-        self.overflow_steps: list[tuple[int, float]] = []  # logged steps with truncated rows
-        self.logged_steps = 0
+        self.overflow = None if cfg.train_entropy_model else OverflowWatch(self._max_patches(), warn_console)
         self.t0_wall, self.t0_cpu = time.time(), time.process_time()
 
     def restart_clock(self) -> None:
@@ -270,39 +264,21 @@ class RunLog:
                        elapsed_s=time.time() - self.t0_wall, process_cpu_s=time.process_time() - self.t0_cpu)
         self.writer.write(step, scalars)
         self.progress.update(step, scalars)
-        self._check_overflow(step, scalars.get("overflow_frac", 0.0))
+        if self.overflow is not None:
+            self.overflow.update(step, scalars.get("overflow_frac", 0.0))
         return step
-
-    def _check_overflow(self, step: int, frac: float) -> None:
-        """Warn on the console the first time rows are truncated by the static patch budget."""
-        self.logged_steps += 1
-        if not (frac > 0):
-            return
-        self.overflow_steps.append((step, float(frac)))
-        if len(self.overflow_steps) == 1:
-            warn_console(f"step {step}: {frac:.0%} of rows needed more than {self._max_patches()} patches and were "
-                         f"truncated (their last patch absorbs the rest); raise model.patcher.max_patches or "
-                         f"model.patcher.patch_size (overflow_frac in metrics.jsonl)")
 
     def _max_patches(self) -> str:
         from bltjax.train_step import max_patches_for
 
         return f"model.patcher.max_patches={max_patches_for(self.cfg.model, self.cfg.seq_len)}"
 
-    def overflow_summary(self) -> Optional[str]:
-        if not self.overflow_steps:
-            return None
-        worst = max(f for _, f in self.overflow_steps)
-        return (f"patch overflow in {len(self.overflow_steps)} of {self.logged_steps} logged steps (up to "
-                f"{worst:.0%} of rows truncated at {self._max_patches()})")
-
     def close(self) -> None:
         self.flush()
         self.writer.close()
         self.progress.close()
-        summary = self.overflow_summary()
-        if summary:
-            warn_console(summary)
+        if self.overflow is not None:
+            self.overflow.summarize()
 
 
 def run_topology(cfg, mesh) -> dict:

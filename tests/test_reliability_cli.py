@@ -35,7 +35,8 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
 
 def test_train_workdir_that_cannot_be_created(tmp_path):
     (tmp_path / "file").write_text("x")
-    line = one_error_line(run("bltjax.train", "--config", TINY, *ONE_DEVICE, "--workdir", str(tmp_path / "file" / "run")))
+    workdir = tmp_path / "file" / "run"
+    line = one_error_line(run("bltjax.train", "--config", TINY, *ONE_DEVICE, "--workdir", str(workdir)))
     assert "cannot be created" in line and str(tmp_path / "file") in line
 
 

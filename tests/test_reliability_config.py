@@ -12,10 +12,10 @@ import sys
 import typing
 
 import pytest
+from helpers.subprocess_env import REPO, env_with_devices
 
 from bltjax.config import TransformerConfig
 from bltjax.train_config import TrainConfig, apply_overrides, load_config
-from helpers.subprocess_env import REPO, env_with_devices
 
 # value -> fields where that value is legal (everything else must be refused for 0 and -1)
 LEGAL = {
@@ -41,7 +41,7 @@ def base_config() -> TrainConfig:
 def _int_like(tp) -> str | None:
     """'int' for int / Optional[int], 'tuple' for tuple[int, ...]; None otherwise."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if tp is int or (typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType"))
+    if tp is int or (typing.get_origin(tp) in (typing.Union, __import__("types").UnionType)
                      and args == [int]):
         return "int"
     if typing.get_origin(tp) is tuple and args and args[0] is int:

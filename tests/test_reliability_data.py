@@ -22,7 +22,8 @@ def train(tmp_path, *sets: str) -> subprocess.CompletedProcess:
 def test_tfds_dataset_not_prepared_fails_at_once_saying_where_to_put_it(tmp_path):
     (tmp_path / "tfds").mkdir()
     t0 = time.time()
-    proc = train(tmp_path, "data.source=tfds", "data.tfds_name=tiny_shakespeare", f"data.tfds_data_dir={tmp_path / 'tfds'}")
+    proc = train(tmp_path, "data.source=tfds", "data.tfds_name=tiny_shakespeare",
+                 f"data.tfds_data_dir={tmp_path / 'tfds'}")
     elapsed = time.time() - t0
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = proc.stderr.strip().splitlines()

@@ -10,7 +10,6 @@ service), and the worker while the survivor runs no collective (found by the hea
 
 from __future__ import annotations
 
-import pathlib
 import subprocess
 import sys
 import time

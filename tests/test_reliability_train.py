@@ -73,7 +73,8 @@ def test_overflow_warned_on_console_and_latin1_text_trains(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "a.txt").write_text("the quick brown fox jumps over the lazy dog. " * 300)
-    (corpus / "b.txt").write_bytes("le c\u0153ur a ses raisons que la raison ne conna\u00eet point. ".encode("cp1252") * 200)
+    latin = "le c\u0153ur a ses raisons que la raison ne conna\u00eet point. ".encode("cp1252")
+    (corpus / "b.txt").write_bytes(latin * 200)
     proc = run(tmp_path / "run", "steps=3", "data.source=text", f"data.path={corpus}", "model.patcher.mode=space",
                "model.patcher.max_patches=4")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -39,7 +39,8 @@ def main(argv=None) -> int:
     import jax
     import numpy as np
     from jax.experimental import multihost_utils
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from bltjax.checkpoint import CheckpointManager
 
