@@ -94,3 +94,36 @@ def test_run_cli_sorts_failures_into_one_line_and_bugs(capsys, monkeypatch):
     with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
         cli.run_cli(fails(ZeroDivisionError("division by zero")))
     assert cli.run_cli(lambda argv: 3) == 3 and cli.run_cli(lambda argv: None) == 0
+
+
+def _release_with_unknown_field(tmp_path):
+    import shutil
+
+    src = REPO / "tests" / "data" / "tiny-entropy"
+    dst = tmp_path / "ckpt"
+    shutil.copytree(src, dst)
+    params = json.loads((dst / "params.json").read_text())
+    params["frobnicate"] = 1
+    (dst / "params.json").write_text(json.dumps(params))
+    return dst
+
+
+@pytest.mark.parametrize("case", ["generate_missing", "generate_unknown_field", "generate_prompt_file", "eval_missing",
+                                  "convert_missing", "entropy_tools_missing"])
+def test_every_cli_reports_bad_paths_in_one_line(tmp_path, case):
+    missing = str(tmp_path / "missing")
+    module, args, expected = {
+        "generate_missing": ("bltjax.generation", ["--checkpoint", missing, "--prompt", "hi"], missing),
+        "generate_unknown_field": ("bltjax.generation", ["--checkpoint", "UNKNOWN", "--prompt", "hi"], "frobnicate"),
+        "generate_prompt_file": ("bltjax.generation", ["--checkpoint", missing, "--prompt-file", missing + ".txt"],
+                                 missing + ".txt"),
+        "eval_missing": ("bltjax.eval", ["--checkpoint", missing, "--data", missing + ".txt"], missing),
+        "convert_missing": ("bltjax.convert", [missing, "--out", str(tmp_path / "out")], missing),
+        "entropy_tools_missing": ("bltjax.entropy_tools", ["calibrate", "--entropy-model", missing, "--data",
+                                                           missing + ".txt"], missing),
+    }[case]
+    if "UNKNOWN" in args:
+        args[args.index("UNKNOWN")] = str(_release_with_unknown_field(tmp_path))
+    line = one_error_line(run(module, *args, cwd=tmp_path))
+    assert expected in line, line
+    assert not (tmp_path / "out").exists()
