@@ -86,6 +86,8 @@ class _OrbaxSaveNoise(logging.Filter):
     CheckpointManager reports the failure itself, in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "asyncio":  # "Task exception was never retrieved" for an abandoned Orbax write
+            return not ("never retrieved" in record.getMessage() and "orbax" in record.getMessage())
         return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
 
 
@@ -96,6 +98,7 @@ def _install_noise_filters() -> None:
     if getattr(sys.excepthook, "_bltjax", False):
         return
     logging.getLogger("absl").addFilter(_OrbaxSaveNoise())
+    logging.getLogger("asyncio").addFilter(_OrbaxSaveNoise())
     previous_hook, previous_unraisable = sys.excepthook, sys.unraisablehook
 
     def excepthook(tp, value, tb):  # noqa: ANN001
