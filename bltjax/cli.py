@@ -1,4 +1,4 @@
-"""One error boundary for every bltjax command-line tool.
+"""Command-line plumbing: one error boundary for every bltjax CLI, and the console entry points.
 
 ``run_cli(main)`` runs a CLI's ``main(argv) -> int`` and turns the failures a user can cause or meet
 into one line on stderr and an exit code, keeping tracebacks for genuine bugs:
@@ -11,11 +11,18 @@ into one line on stderr and an exit code, keeping tracebacks for genuine bugs:
 
 ``BLTJAX_TRACEBACK=1`` in the environment shows the traceback of handled errors too.  Warnings of
 bltjax's own categories (skipped checkpoints, ...) print as one line ``warning: ...``.
+
+Console entry points (``bltjax-train``, ``bltjax-eval``, ...) are the same commands as ``python -m``:
+each runs the module's ``main()`` inside ``run_cli`` (its exit code is the process's); the heavy ones
+first re-execute themselves once with huge-page malloc (``bltjax.hugepages``), as ``python -m`` does.
+The table ``COMMANDS`` is the single list; ``setup.cfg``'s ``console_scripts`` name these functions.
 """
+
 
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import sys
 import traceback
@@ -101,5 +108,42 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Seque
     return EXIT_OK if code is None else int(code)
 
 
-__all__ = ["run_cli", "error_line", "expected_error", "one_line_warnings", "quiet_runtime_logs", "report_if_lost_peer",
-           "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_DIVERGED", "EXIT_INTERRUPTED"]
+# console script -> (module whose main() it runs, re-exec with huge pages first)
+COMMANDS: dict[str, tuple[str, bool]] = {
+    "bltjax-train": ("bltjax.train", True),
+    "bltjax-eval": ("bltjax.eval", True),
+    "bltjax-generate": ("bltjax.generation", True),
+    "bltjax-convert": ("bltjax.convert", False),
+    "bltjax-entropy": ("bltjax.entropy_tools", True),
+    "bltjax-fetch": ("bltjax.data.fetch", False),
+}
+
+
+def _run(command: str) -> int:
+    module, hugepages = COMMANDS[command]
+    if hugepages:
+        from bltjax import hugepages as hp
+
+        hp.reexec()
+    return run_cli(importlib.import_module(module).main)
+
+
+def _entry(command: str) -> Callable[[], int]:
+    def entry() -> int:
+        return _run(command)
+
+    entry.__name__ = entry.__qualname__ = command.removeprefix("bltjax-")
+    entry.__doc__ = f"``{command}``: ``python -m {COMMANDS[command][0]}``."
+    return entry
+
+
+train = _entry("bltjax-train")
+eval = _entry("bltjax-eval")  # noqa: A001 -- the command's name
+generate = _entry("bltjax-generate")
+convert = _entry("bltjax-convert")
+entropy = _entry("bltjax-entropy")
+fetch = _entry("bltjax-fetch")
+
+__all__ = ["run_cli", "error_line", "expected_error", "one_line_warnings", "quiet_runtime_logs",
+           "report_if_lost_peer", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_DIVERGED", "EXIT_INTERRUPTED",
+           "COMMANDS", "train", "eval", "generate", "convert", "entropy", "fetch"]

@@ -398,7 +398,7 @@ def _load(path: str):
     return load_pretrained(path)
 
 
-def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bltjax.generation", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="checkpoint directory (bltjax.load_pretrained)")
     src = ap.add_mutually_exclusive_group(required=True)
@@ -420,7 +420,11 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     ap.add_argument("--stats", action="store_true", help="print timing to stderr")
     ap.add_argument("--compile-cache", default=os.environ.get("BLTJAX_COMPILE_CACHE", "~/.cache/bltjax/jax-compile"),
                     help="persistent XLA compilation cache (reruns skip compilation); '' disables")
-    return ap.parse_args(argv)
+    return ap
+
+
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _unescape(s: str) -> str:

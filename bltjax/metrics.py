@@ -1,4 +1,4 @@
-"""Run metrics: peak FLOP/s per chip, MFU, throughput, JSONL + TensorBoard writer, console progress.
+"""Run metrics: MFU (against the peaks of ``bltjax.peak``), throughput, JSONL + TensorBoard writer, console progress.
 
 Non-blocking logging pattern (never stall the device on a metric)::
 
@@ -16,7 +16,6 @@ from the previous call, which finished long ago, so the host never waits for the
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -28,105 +27,31 @@ from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from bltjax.config import train_flops_per_step  # noqa: F401  (re-exported)
-
-log = logging.getLogger(__name__)
-
-# Dense bf16 peak FLOP/s per chip (vendor specs), matched as lower-case substrings of
-# ``device.device_kind``; first match wins, so specific names precede their prefixes.
-PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
-    ("tpu7x", 2307e12),       # Ironwood
-    ("tpu v7", 2307e12),
-    ("tpu v6 lite", 918e12),  # v6e / Trillium
-    ("tpu v6e", 918e12),
-    ("tpu v5 lite", 197e12),  # v5e
-    ("tpu v5e", 197e12),
-    ("tpu v5p", 459e12),
-    ("tpu v5", 459e12),       # v5p reports "TPU v5"
-    ("tpu v4", 275e12),
-    ("tpu v3", 123e12),
-    ("tpu v2", 45e12),
-    ("gb200", 2500e12),
-    ("b200", 2250e12),
-    ("h100 pcie", 756e12),
-    ("h100", 989e12),         # SXM
-    ("h800", 989e12),
-    ("h200", 989e12),         # also GH200
-    ("a100", 312e12),
-    ("a800", 312e12),
-    ("l40s", 362e12),
-    ("l40", 181e12),
-    ("l4", 121e12),
-    ("v100", 125e12),         # fp16 tensor cores (no bf16)
-    ("t4", 65e12),            # fp16 tensor cores (no bf16)
-    ("mi300x", 1307e12),
+from bltjax.peak import (  # noqa: F401
+    ENV_PEAK_FLOPS,
+    PEAK_BF16_FLOPS,
+    CpuInfo,
+    cpu_info,
+    cpu_peak_flops,
+    measure_matmul_flops,
+    measured_cpu_flops,
+    peak_flops_for_kind,
+    peak_flops_per_device,
 )
 
-# CPU fallback: the build machine (2 Zen 3 cores, AVX2/FMA) sustains ~40 GFLOP/s fp32 on a large
-# matmul (env-probe §3), i.e. ~20 GFLOP/s per core.  ``measure_matmul_flops`` measures instead.
-CPU_FLOPS_PER_CORE = 20e9
-
-ENV_PEAK_FLOPS = "BLTJAX_PEAK_FLOPS"  # overrides the per-device peak (FLOP/s) when set
-
-
-def _cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-@functools.cache
-def measure_matmul_flops(n: int = 1024, repeats: int = 3) -> float:
-    """Best-of-``repeats`` fp32 ``n x n`` matmul FLOP/s on the default device (cached per process)."""
-    a = jnp.ones((n, n), jnp.float32)
-    matmul = jax.jit(lambda x: x @ x)
-    matmul(a).block_until_ready()
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        matmul(a).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n ** 3 / best
-
-
-def peak_flops_for_kind(device_kind: str) -> Optional[float]:
-    """Peak bf16 FLOP/s of one chip named ``device_kind`` (None when unknown)."""
-    kind = device_kind.lower()
-    for pattern, flops in PEAK_BF16_FLOPS:
-        if pattern in kind:
-            return flops
-    return None
-
-
-def peak_flops_per_device(device: Optional[jax.Device] = None, measure_cpu: bool = False) -> Optional[float]:
-    """Peak FLOP/s of one device: ``$BLTJAX_PEAK_FLOPS``, else the table, else None (unknown chip).
-
-    On CPU the host estimate (``CPU_FLOPS_PER_CORE`` x cores, or a measured matmul with
-    ``measure_cpu``) is divided among the process's CPU devices, so fake multi-device CPU runs
-    (``--xla_force_host_platform_device_count``) still report MFU against the real host.
-    """
-    if os.environ.get(ENV_PEAK_FLOPS):
-        return float(os.environ[ENV_PEAK_FLOPS])
-    device = device or jax.devices()[0]
-    if device.platform == "cpu":
-        host = measure_matmul_flops() if measure_cpu else CPU_FLOPS_PER_CORE * _cpu_cores()
-        return host / max(len(jax.local_devices(backend="cpu")), 1)
-    peak = peak_flops_for_kind(device.device_kind)
-    if peak is None:
-        log.warning("unknown device kind %r: no peak FLOP/s, MFU not reported (set %s)",
-                    device.device_kind, ENV_PEAK_FLOPS)
-    return peak
+log = logging.getLogger(__name__)
 
 
 def mfu(flops_per_step: float, step_time_s: float, n_devices: int,
         peak_flops: Optional[float] = None) -> float:
     """Model FLOPs utilisation: ``flops_per_step / (step_time_s * n_devices * peak)``.
 
-    ``peak_flops`` is per device (default ``peak_flops_per_device()``); NaN when it is unknown.
+    ``peak_flops`` is per device (default ``peak_flops_per_device()``: the vendor's dense bf16 peak of
+    an accelerator, the host's peak in its fastest matmul format for a CPU, see ``bltjax.peak``); NaN when
+    it is unknown.
     """
     if step_time_s <= 0:
         raise ValueError(f"step_time_s must be > 0, got {step_time_s}")
@@ -415,7 +340,8 @@ class OverflowWatch:
 
 
 __all__ = [
-    "PEAK_BF16_FLOPS", "CPU_FLOPS_PER_CORE", "ENV_PEAK_FLOPS", "measure_matmul_flops", "peak_flops_for_kind",
+    "PEAK_BF16_FLOPS", "ENV_PEAK_FLOPS", "CpuInfo", "cpu_info", "measure_matmul_flops", "measured_cpu_flops",
+    "cpu_peak_flops", "peak_flops_for_kind",
     "peak_flops_per_device", "mfu", "train_flops_per_step", "Throughput", "to_scalars", "MetricsWriter", "read_jsonl",
     "format_duration", "format_progress", "ConsoleProgress", "progress_bar", "OverflowWatch",
 ]

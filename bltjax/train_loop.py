@@ -13,7 +13,6 @@ import math
 import pathlib
 import signal
 import sys
-import threading
 import time
 import warnings
 from typing import Any, Optional
@@ -95,6 +94,10 @@ class StopFlag:
         self.signal_name = "SIGTERM"
 
     def install(self) -> None:
+        """Install the SIGTERM / SIGINT handler (main thread only: ``main()`` called from a worker thread,
+        as a notebook does to plot while training, runs without it)."""
+        import threading
+
         def handler(signum, frame):  # noqa: ARG001
             if signum == signal.SIGINT and self.requested:
                 raise KeyboardInterrupt
@@ -104,8 +107,8 @@ class StopFlag:
                 print("\ninterrupted: saving at the end of this step (Ctrl-C again to abort without saving)",
                       file=sys.stderr, flush=True)
 
-        signal.signal(signal.SIGTERM, handler)
         if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
             signal.signal(signal.SIGINT, handler)
 
     def should_stop(self, step: int, mngr, at_log_step: bool) -> bool:

@@ -1,7 +1,8 @@
 """Tiny Shakespeare (1.1 MB of text), BLT with static 4-byte patches, sized for a 2-core CPU.
 
-Launch (from the repository root; the data path defaults to ../shared/corpora/tinyshakespeare/input.txt
-relative to the repository, resolved from this file, override with --set data.path=...):
+Launch (from the repository root).  The corpus is downloaded on first use into the data cache
+(``python -m bltjax.data.fetch tinyshakespeare``; ``$BLTJAX_DATA_DIR``, default ``~/.cache/bltjax/data``);
+point at a local copy with ``--set data.path=PATH/input.txt``:
 
     python -m bltjax.train --config experiments/tiny_shakespeare.py               # workdir ./runs/tiny_shakespeare
 
@@ -18,21 +19,19 @@ held-out text, printed every 250 steps) 2.40 at step 250, 2.23 at 500 (8 min), 2
 1000; the whole run took 13.5 min wall (compile included), train bpb ~1.6 at the end.
 """
 
-import pathlib
-
 from bltjax.configs.default import model_config
 from bltjax.data import DataConfig
 from bltjax.sharding import MeshConfig
 from bltjax.train_config import CheckpointConfig, OptimConfig, TrainConfig
 
-DATA = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "corpora" / "tinyshakespeare" / "input.txt"
+DATA = "fetch:tinyshakespeare"  # downloaded once into $BLTJAX_DATA_DIR (default ~/.cache/bltjax/data)
 
 
 def get_config() -> TrainConfig:
     return TrainConfig(
         name="tiny_shakespeare",
         model=model_config(),  # the default experiment's model
-        data=DataConfig(source="text", path=str(DATA), split_rule="stream", val_fraction=0.1),
+        data=DataConfig(source="text", path=DATA, split_rule="stream", val_fraction=0.1),
         optim=OptimConfig(lr=3e-3, warmup_steps=100, weight_decay=0.1, lr_min_ratio=0.05),
         checkpoint=CheckpointConfig(every=250, keep_latest=2),
         mesh=MeshConfig(),

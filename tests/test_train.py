@@ -81,6 +81,7 @@ def test_tiny_run_learns_logs_and_checkpoints(learned_run):
     # static patches [1, 4, 4, ...]: 65 positions in 17 patches per row, never overflowing
     assert first["avg_patch_size"] == pytest.approx(65 / 17) and first["overflow_frac"] == 0.0
     assert any("bytes_per_s" in r and "mfu" in r for r in train_recs)
+    assert all(0 < r["mfu"] <= 1 for r in train_recs if "mfu" in r)  # a fraction of the host's real peak
     evals = {r["step"]: r for r in records if "val_bpb" in r}
     assert sorted(evals) == [8, 16]
     assert evals[16]["val_bpb"] < evals[8]["val_bpb"] < 8.5
@@ -89,6 +90,30 @@ def test_tiny_run_learns_logs_and_checkpoints(learned_run):
     cfg = json.loads((learned_run / "config.json").read_text())
     assert cfg["steps"] == 16 and cfg["mesh"]["ici_fsdp"] == 8
     assert sorted(int(p.name) for p in (learned_run / "checkpoints").iterdir() if p.name.isdigit()) == [8, 16]
+
+
+def test_eval_without_data_reads_the_runs_validation_split(learned_run, tmp_path, capsys):
+    """``python -m bltjax.eval --checkpoint RUN`` (no --data): the trainer's validation split, in windows of
+    the run's seq_len; on the windows the trainer evaluates (2 batches of 8 x 64) it agrees with val_bpb."""
+    from bltjax import eval as ev
+    from bltjax.data import pipeline
+
+    cfg = config_from_dict(json.loads((learned_run / "config.json").read_text()))
+    _, index = pipeline.stream_index(cfg.data, "validation")
+    out = tmp_path / "all.json"
+    assert ev.main(["--checkpoint", str(learned_run), "--no-progress", "--json", str(out)]) == 0
+    assert "validation split" in capsys.readouterr().out
+    total = json.loads(out.read_text())["total"]
+    assert total["n_targets"] == index.num_tokens - 1  # every token after the first, predicted once
+    assert json.loads(out.read_text())["seq_len"] == cfg.seq_len and math.isfinite(total["bits_per_byte"])
+    n_eval = cfg.eval_batches * cfg.global_batch_size * cfg.seq_len + 1  # the trainer's eval windows
+    assert ev.main(["--checkpoint", str(learned_run), "--no-progress", "--max-bytes", str(n_eval),
+                    "--json", str(out)]) == 0
+    val = {r["step"]: r for r in read_jsonl(learned_run / "metrics.jsonl") if "val_bpb" in r}[16]
+    assert json.loads(out.read_text())["total"]["bits_per_byte"] == pytest.approx(val["val_bpb"], rel=1e-4)
+    # not a training run and no --data: one clear line
+    assert ev.main(["--checkpoint", str(tmp_path), "--no-progress"]) == 2
+    assert "pass --data" in capsys.readouterr().err
 
 
 def test_checkpoint_restores_as_pretrained_params(learned_run):

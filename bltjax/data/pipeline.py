@@ -349,6 +349,29 @@ def num_windows(cfg: DataConfig, split: str, seq_len: int) -> int:
     return window_fn(cfg, split, seq_len).num_windows
 
 
+def split_tokens(cfg: DataConfig, split: str) -> np.ndarray:
+    """The whole token stream of ``split`` (int32), the one its windows are cut from."""
+    source, index = stream_index(cfg, split)
+    return np.concatenate([doc_token_slice(source[int(d)], int(lo), int(lo + n))
+                           for d, lo, n in zip(index.doc, index.start, index.length)]).astype(np.int32)
+
+
+def token_windows(stream: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A whole token stream as windows: ``(x int32 [W, L], y int32 [W, L], n_x int32 [W])``.
+
+    Window ``i`` is ``stream[i*L : i*L + L + 1]`` (overlap of one token: every token after the first is a
+    target exactly once), right-padded with 0; ``n_x`` = tokens of ``x`` that have a target.
+    """
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    n_win = max(1, -(-(len(stream) - 1) // seq_len))
+    padded = np.zeros(n_win * seq_len + 1, np.int32)
+    padded[:len(stream)] = stream
+    w = padded[np.arange(n_win)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]]
+    n_x = np.clip(len(stream) - 1 - seq_len * np.arange(n_win), 0, seq_len).astype(np.int32)
+    return w[:, :-1], w[:, 1:], n_x
+
+
 def window_dataset(cfg: DataConfig, split: str, seq_len: int) -> grain.MapDataset:
     """All windows of ``split`` in stream order, unbatched and unshuffled."""
     fn = window_fn(cfg, split, seq_len)

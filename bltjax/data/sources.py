@@ -130,10 +130,18 @@ def expand_paths(spec: str | pathlib.Path | Sequence[str | pathlib.Path]) -> lis
     """Files named by ``spec``: files, directories (recursive) and globs, comma-separated.
 
     Directories contribute every non-hidden regular file below them, sorted; globs (``*``, ``?``,
-    ``[``; ``**`` recursive) are sorted too, so the document order is deterministic.
+    ``[``; ``**`` recursive) are sorted too, so the document order is deterministic.  ``fetch:NAME``
+    names the cached file of a known corpus, downloaded on first use (``bltjax.data.fetch``).
     """
     files: list[pathlib.Path] = []
     for part in _split_spec(spec):
+        if part.startswith("fetch:"):
+            from bltjax.data import fetch
+
+            try:
+                part = fetch.resolve(part)
+            except fetch.FetchError as e:
+                raise DataError(str(e)) from None
         path = pathlib.Path(part).expanduser()
         if any(c in part for c in _GLOB_CHARS):
             matches = sorted(pathlib.Path(m) for m in glob.glob(str(path), recursive=True))
