@@ -43,8 +43,7 @@ def log(msg: str) -> None:
         print(msg, flush=True)
 
 
-def warn_console(msg: str) -> None:
-    """One ``warning: ...`` line on stderr (process 0)."""
+def warn_console(msg: str) -> None:  # one ``warning: ...`` line on stderr (process 0)
     import jax
 
     if jax.process_index() == 0:
@@ -104,8 +103,7 @@ class StopFlag:
             self.requested = True
             self.signal_name = signal.Signals(signum).name
             if signum == signal.SIGINT:
-                print("\ninterrupted: saving at the end of this step (Ctrl-C again to abort without saving)",
-                      file=sys.stderr, flush=True)
+                print("\ninterrupted: saving after this step (Ctrl-C again: abort)", file=sys.stderr, flush=True)
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, handler)
