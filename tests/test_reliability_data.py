@@ -28,7 +28,7 @@ def test_tfds_dataset_not_prepared_fails_at_once_saying_where_to_put_it(tmp_path
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
-    assert "not prepared" in lines[0] and "never downloads" in lines[0] and "data.tfds_data_dir" in lines[0]
+    assert "not prepared" in lines[0] and "never downloaded" in lines[0] and "data.tfds_data_dir" in lines[0]
     assert "importlib_resources" not in lines[0]
     assert elapsed < 90, elapsed  # no download retries (a retrying run took minutes); bound is loose for busy CI
     assert not (tmp_path / "run").exists() and list((tmp_path / "tfds").iterdir()) == []

@@ -304,11 +304,12 @@ def _as_bytes(value: Any, where: str) -> bytes:
 
 def _not_prepared_message(name: str, where: str, data_dir: str | None, builder: Any) -> str:
     root = data_dir or str(getattr(builder, "_data_dir_root", "") or "the TFDS default data_dir")
-    return (f"{where}: dataset {name!r} is not prepared under {root} and bltjax never downloads data; "
-            f"prepare it on a machine with network access (`tfds build {name.split('/')[0]} --data_dir DIR` "
-            f"with file_format=array_record) or build one from local text files "
-            f"(`python -m bltjax.data.tfds_builder --input FILES --out DIR --name NAME`), copy DIR here "
-            f"and pass --set data.tfds_data_dir=DIR")
+    base = name.split("/")[0].split(":")[0]
+    return (f"{where}: dataset {name!r} is not prepared under {root}, and TFDS datasets are never downloaded "
+            f"during training; prepare it on a machine with network access "
+            f"(tfds.builder({base!r}, data_dir=DIR).download_and_prepare(file_format='array_record'); see "
+            f"docs/data.md) or build one from local text files (python -m bltjax.data.tfds_builder --input FILES "
+            f"--out DIR --name NAME), then copy DIR here and pass --set data.tfds_data_dir=DIR")
 
 
 class TfdsSource:
