@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
 import re
 import sys
 import time
@@ -35,6 +34,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocm
+
+from bltjax.storage import as_path, move_tree
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +144,7 @@ def _warn(msg: str) -> None:
 
 
 def _as_path(directory: Any) -> epath.Path:
-    s = os.fspath(directory)
-    if "://" not in s:  # local paths: Orbax wants them absolute
-        s = os.path.abspath(s)
-    return epath.Path(s)
+    return as_path(directory)  # local paths made absolute (Orbax wants them so), gs:// kept
 
 
 def _sync(name: str) -> None:
@@ -366,7 +364,7 @@ class CheckpointManager:
                 src = self._step_dir(s)
                 dst = self.directory / f"{s}.corrupt-{stamp}"
                 try:
-                    src.rename(dst)
+                    move_tree(src, dst)
                     log.info("moved unusable checkpoint step %d to %s", s, dst)
                 except OSError as e:  # leave it; a later save of this step will then fail loudly
                     log.error("could not move unusable checkpoint step %d aside: %s", s, e)

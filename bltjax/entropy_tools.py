@@ -164,15 +164,21 @@ def precompute_entropies(model: EntropyModel | str | pathlib.Path, data, out_dir
     cfg = data if isinstance(data, DataConfig) else DataConfig(source="text", path=str(data),
                                                                 allow_invalid_utf8=True)
     splits = ("train", "validation") if resolved_split_rule(cfg) == "source" else ("train",)
-    out = pathlib.Path(out_dir)
+    from bltjax.storage import LocalMirror, display, is_remote
+
+    remote = is_remote(out_dir)
+    mirror = LocalMirror(out_dir) if remote else None  # gs://: written locally, uploaded when complete
+    out = mirror.local if remote else pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    template = "entropies_{split}.npy"
+    shown = f"{display(out_dir).rstrip('/')}/{template}" if remote else str(out / template)
     ctx = context_config(model.patcher, reset_at_newline)
     index: dict[str, Any] = {
         "format": PRECOMPUTE_FORMAT, "entropy_model": model.path,
         "entropy_config": dataclasses.asdict(model.config), "dtype": dtype, "chunk_len": chunk_len,
         "overlap": overlap, "reset_context_at_newline": ctx.reset_context_at_newline,
         "entropy_dtype": ctx.entropy_dtype, "data_config": dataclasses.asdict(cfg),
-        "entropies_path": str(out / "entropies_{split}.npy"), "splits": {},
+        "entropies_path": shown, "splits": {},
     }
     results = {}
     for split in splits:
@@ -219,6 +225,9 @@ def precompute_entropies(model: EntropyModel | str | pathlib.Path, data, out_dir
                                   "content_digest": digest.hexdigest()}
         (out / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
         results[split] = load_precomputed(out, split)
+    if mirror is not None:
+        mirror.close()  # uploads every file, then removes the local copy (the results stay mapped)
+        results = {split: dataclasses.replace(r, path=display(out_dir)) for split, r in results.items()}
     return results
 
 

@@ -53,6 +53,7 @@ from bltjax.model import blt as blt_model
 from bltjax.model import entropy_model as entropy_lm
 from bltjax.patcher import patch_lengths
 from bltjax.pretrained import LoadedCheckpoint, open_checkpoint
+from bltjax.storage import LocalMirror, as_path
 
 LN2 = math.log(2.0)
 
@@ -413,11 +414,12 @@ def summary(report: EvalReport) -> str:
 
 
 def write_report(report: EvalReport, out_dir: str | pathlib.Path) -> dict[str, pathlib.Path]:
-    """``report.md`` (Markdown table), ``report.png`` (bar charts), ``report.json`` in ``out_dir``."""
+    """``report.md`` (Markdown table), ``report.png`` (bar charts), ``report.json`` in ``out_dir``
+    (a local directory or ``gs://...``: then written locally first and uploaded)."""
     from bltjax import viz
 
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    mirror = LocalMirror(out_dir)
+    out = mirror.local
     paths = {"markdown": out / "report.md", "png": out / "report.png", "json": out / "report.json"}
     md = [f"# Evaluation report: `{pathlib.Path(report.checkpoint).name}`", "", summary(report).replace("\n", "  \n"),
           "", format_table(report, markdown=True), "",
@@ -428,7 +430,8 @@ def write_report(report: EvalReport, out_dir: str | pathlib.Path) -> dict[str, p
                  patches_per_char=r.patches_per_char) for r in report.files]
     viz.plot_report(rows, paths["png"], title=f"{report.kind} checkpoint {pathlib.Path(report.checkpoint).name}")
     paths["json"].write_text(json.dumps(report.to_dict(), indent=2))
-    return paths
+    mirror.close()  # uploads a remote report (and drops its local copy)
+    return {k: mirror.remote / p.name for k, p in paths.items()}
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -469,7 +472,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(summary(report))
     print(format_table(report))
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+        as_path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
         print(f"wrote {args.json}")
     if args.report:
         paths = write_report(report, args.out_dir)

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import pathlib
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -130,21 +129,35 @@ class MetricsWriter:
 
     Only process 0 writes by default (``enabled``).  Appending makes resumed runs continue the same
     file; ``read_jsonl`` keeps the last record of a step logged twice.
+
+    ``workdir`` may be remote (``gs://...``): objects there cannot be appended to, so both files are
+    written to a local temporary mirror (``bltjax.storage.LocalMirror``; an existing remote
+    metrics.jsonl is downloaded first) and uploaded whole on ``flush()``/``close()`` and at most every
+    ``sync_every_s`` seconds from ``write()``.  Records written since the last upload are lost if
+    the process is killed; the trainer flushes whenever it saves a checkpoint, so the records of every
+    checkpointed step are in the bucket.
     """
 
     def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True, *,
                  filename: str = "metrics.jsonl", tb_subdir: str = "tensorboard",
-                 enabled: Optional[bool] = None):
+                 enabled: Optional[bool] = None, sync_every_s: float = 60.0):
+        from bltjax.storage import as_path
+
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = as_path(workdir)
         self.path = self.workdir / filename
+        self.sync_every_s = sync_every_s
         self._pending: Optional[tuple[int, Mapping[str, Any]]] = None
         self._file = None
         self._tb = None
+        self._mirror = None
+        self._last_sync = time.monotonic()
         if not self.enabled:
             return
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", buffering=1, encoding="utf-8")
+        from bltjax.storage import LocalMirror
+
+        self._mirror = LocalMirror(self.workdir, download=(filename,))
+        self._file = open(self._mirror.local / filename, "a", buffering=1, encoding="utf-8")
         if tensorboard:
             import logging
 
@@ -153,7 +166,12 @@ class MetricsWriter:
             # NaN/inf values are logged on purpose (a diverging run): the trainer reports them in one
             # error line, so tensorboardX's per-scalar "NaN or Inf found in input tensor." is muted.
             logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
-            self._tb = SummaryWriter(logdir=str(self.workdir / tb_subdir))
+            self._tb = SummaryWriter(logdir=str(self._mirror.local / tb_subdir))
+
+    @property
+    def remote(self) -> bool:
+        """True when the files live in a local mirror uploaded on flush (remote workdir)."""
+        return self._mirror is not None and self._mirror.mirrored
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float | int]:
         """Convert ``metrics`` (one device_get) and write them now; returns the python scalars."""
@@ -164,6 +182,8 @@ class MetricsWriter:
             if self._tb is not None:
                 for k, v in scalars.items():
                     self._tb.add_scalar(k, v, global_step=int(step), walltime=now)
+            if self.remote and time.monotonic() - self._last_sync >= self.sync_every_s:
+                self._sync()
         return scalars
 
     def write_deferred(self, step: int, metrics: Mapping[str, Any]) -> Optional[tuple[int, dict]]:
@@ -176,14 +196,20 @@ class MetricsWriter:
             return None
         return previous[0], self.write(*previous)
 
-    def flush(self) -> Optional[tuple[int, dict]]:
-        """Write the deferred record (if any) and flush files."""
-        previous, self._pending = self._pending, None
-        out = None if previous is None else (previous[0], self.write(*previous))
+    def _sync(self) -> None:
         if self._file is not None:
             self._file.flush()
         if self._tb is not None:
             self._tb.flush()
+        if self._mirror is not None:
+            self._mirror.sync()
+        self._last_sync = time.monotonic()
+
+    def flush(self) -> Optional[tuple[int, dict]]:
+        """Write the deferred record (if any), flush files (and upload them to a remote workdir)."""
+        previous, self._pending = self._pending, None
+        out = None if previous is None else (previous[0], self.write(*previous))
+        self._sync()
         return out
 
     def close(self) -> None:
@@ -194,6 +220,9 @@ class MetricsWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._mirror is not None:
+            self._mirror.close()  # uploads the closed files
+            self._mirror = None
 
     def __enter__(self) -> MetricsWriter:
         return self
@@ -203,13 +232,15 @@ class MetricsWriter:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records of a metrics.jsonl, sorted by step; a step logged twice (resume) keeps its last record."""
+    """Records of a metrics.jsonl (local or ``gs://``), sorted by step; a step logged twice (resume)
+    keeps its last record."""
+    from bltjax.storage import as_path
+
     by_step: dict[int, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                rec = json.loads(line)
-                by_step[rec["step"]] = rec
+    for line in as_path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            by_step[rec["step"]] = rec
     return [by_step[s] for s in sorted(by_step)]
 
 

@@ -44,6 +44,7 @@ from bltjax.io import release
 from bltjax.io.safetensors_np import load_safetensors_dir
 from bltjax.io.torch_pth import load_torch_pth
 from bltjax.padding import bucket
+from bltjax.storage import stage_dir, stage_local
 
 FORMAT = "bltjax"
 FORMAT_VERSION = 1
@@ -262,7 +263,7 @@ class Pretrained:
 def detect_layout(path: PathLike) -> str:
     """``"bltjax"``, ``"workdir"`` (a ``bltjax.train`` run), ``"hf"``, ``"hub-mixin"`` or ``"release"``;
     a clear error otherwise."""
-    path = pathlib.Path(path)
+    path = workdir_lib.resolve(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
     if not path.is_dir():
@@ -288,7 +289,7 @@ def detect_layout(path: PathLike) -> str:
 def _find_release_weights(directory: pathlib.Path) -> pathlib.Path:
     for candidate in (directory / "consolidated" / "consolidated.pth", directory / "consolidated.pth"):
         if candidate.is_file():
-            return candidate
+            return stage_local(candidate, what="release weights")
     raise FileNotFoundError(f"{directory}: missing consolidated.pth (looked for consolidated/consolidated.pth "
                             f"and consolidated.pth)")
 
@@ -308,13 +309,13 @@ def _load_entropy_dir(directory: pathlib.Path, official_realtime: bool, dtype: A
     except FileNotFoundError:
         if not any(directory.glob("*.safetensors")):  # hub-mixin entropy models ship safetensors
             raise
-        sd = load_safetensors_dir(directory)
+        sd = load_safetensors_dir(stage_dir(directory, what="entropy model"))
     return ecfg, release.state_dict_to_params(sd, ecfg, dtype)
 
 
 def _entropy_dir(path: pathlib.Path, override: Optional[PathLike]) -> pathlib.Path:
     if override is not None:
-        d = pathlib.Path(override)
+        d = workdir_lib.resolve(override)
         if not (d / "params.json").is_file():
             raise FileNotFoundError(f"entropy model directory {d}: missing params.json")
         return d
@@ -369,8 +370,8 @@ def _load_workdir(path: pathlib.Path, entropy_model_dir: Optional[PathLike]):
 def read_checkpoint(path: PathLike, *, official_realtime: bool = False, param_dtype: str = "float32",
                     entropy_model_dir: Optional[PathLike] = None) -> tuple[str, BLTConfig, dict, Optional[dict]]:
     """Host-side load: ``(layout, config, blt params, entropy params or None)`` as numpy trees."""
-    path = pathlib.Path(path)
-    layout = detect_layout(path)
+    path = workdir_lib.resolve(path)  # gs://...: bltjax checkpoints and workdirs are read in place, other
+    layout = detect_layout(path)      # layouts' weight files are staged to the local cache first
     dtype = param_dtype
     if layout == "release":
         cfg, params, entropy = _load_release(
@@ -378,10 +379,11 @@ def read_checkpoint(path: PathLike, *, official_realtime: bool = False, param_dt
             official_realtime=official_realtime, entropy_model_dir=entropy_model_dir, dtype=dtype)
     elif layout == "hub-mixin":
         cfg, params, entropy = _load_release(
-            path, _read_json(path / "train_args.json"), lambda: load_safetensors_dir(path),
+            path, _read_json(path / "train_args.json"),
+            lambda: load_safetensors_dir(stage_dir(path, what="checkpoint")),
             official_realtime=official_realtime, entropy_model_dir=entropy_model_dir, dtype=dtype)
     elif layout == "hf":
-        cfg, bundle = hf_io.read_hf_dir(path, dtype)
+        cfg, bundle = hf_io.read_hf_dir(stage_dir(path, what="checkpoint"), dtype)
         params, entropy = bundle["blt"], bundle.get("entropy")
     elif layout == "workdir":
         cfg, params, entropy = _load_workdir(path, entropy_model_dir)
@@ -415,7 +417,7 @@ def load_pretrained(path: PathLike, *, official_realtime: bool = False, param_dt
     layout, cfg, params, entropy = read_checkpoint(path, official_realtime=official_realtime,
                                                    param_dtype=param_dtype, entropy_model_dir=entropy_model_dir)
     return Pretrained(config=cfg, params=_to_device(params), entropy_params=_to_device(entropy),
-                      source=layout, path=pathlib.Path(path))
+                      source=layout, path=workdir_lib.resolve(path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -463,7 +465,7 @@ def _entropy_training_run(path: pathlib.Path, mesh: Any = None) -> Optional[Load
 def open_checkpoint(path: PathLike) -> LoadedCheckpoint:
     """Load any checkpoint: what ``load_pretrained`` reads, an entropy-only release directory, or an
     entropy-model training run."""
-    p = pathlib.Path(path).expanduser()
+    p = workdir_lib.resolve(path)
     if not p.exists():
         raise ValueError(f"checkpoint {str(path)!r} does not exist")
     run = _entropy_training_run(p)
@@ -499,7 +501,7 @@ def load_entropy_model(path: PathLike, mesh: Any = None) -> EntropyModel:
     With a ``mesh`` the parameters are placed on it with the rules table's shardings (an entropy-model
     training run is restored straight onto it); without, they are on the default device.
     """
-    p = pathlib.Path(path).expanduser()
+    p = workdir_lib.resolve(path)
     ck = _entropy_training_run(p, mesh) if p.exists() else None
     if ck is None:
         ck = open_checkpoint(p)

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from bltjax import workdir as workdir_lib
+from bltjax.storage import bucket_error
 from bltjax.train_loop import (  # noqa: F401
     EXIT_DIVERGED,
     EXIT_OK,
@@ -216,11 +217,14 @@ def prepare(args: argparse.Namespace) -> Setup:
     init_runtime(args)
     cfg = resolve_config(args)
     raw_workdir = str(args.workdir or cfg.workdir or pathlib.Path("runs") / cfg.name)
-    if "://" in raw_workdir:
-        raise UsageError(f"--workdir {raw_workdir}: remote URLs are not supported; use a local directory or a "
-                         f"mounted bucket (gcsfuse / NFS) that every host can see")
-    workdir = pathlib.Path(raw_workdir).expanduser()
-    check_workdir(workdir)
+    workdir = workdir_lib.resolve(raw_workdir)  # gs://bucket/run: an etils.epath.Path (docs/cloud_storage.md)
+    problem = bucket_error(workdir)
+    if problem is not None:
+        raise UsageError(f"--workdir {raw_workdir}: {problem}")
+    if workdir.is_file():
+        raise UsageError(f"--workdir {workdir} exists and is not a directory")
+    if isinstance(workdir, pathlib.Path):  # local: a directory, or creatable (remote ones: bucket_error)
+        check_workdir(workdir)
     cfg = dataclasses.replace(cfg, workdir=str(workdir))
     try:
         mesh = sharding.make_mesh(cfg.mesh)
@@ -260,7 +264,7 @@ def attach_entropy_model(cfg, mesh):
     from bltjax.pretrained import load_entropy_model
     from bltjax.train_config import ENTROPY_SHAPE_FIELDS
 
-    path = pathlib.Path(cfg.entropy_model_checkpoint).expanduser()
+    path = workdir_lib.resolve(cfg.entropy_model_checkpoint)
     if not path.exists():
         raise UsageError(f"entropy_model_checkpoint {str(path)!r} does not exist")
     if workdir_lib.is_workdir(path) and not workdir_lib.read_config(path).train_entropy_model:

@@ -18,6 +18,7 @@ import warnings
 from typing import Any, Optional
 
 from bltjax import workdir as workdir_lib
+from bltjax.storage import is_remote
 
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED = 0, 2, 3
 
@@ -223,6 +224,7 @@ class RunLog:
         self.cfg, self.writer, self.progress = cfg, writer, progress
         self.rates = Throughput(cfg.bytes_per_step, flops_per_step, n_devices)
         self.pending: Optional[tuple[int, Any]] = None
+        self.last_written: Optional[tuple[int, dict]] = None  # (step, scalars) of the newest record
         self.warm = 0
         self.overflow = None if cfg.train_entropy_model else OverflowWatch(self._max_patches(), warn_console)
         self.t0_wall, self.t0_cpu = time.time(), time.process_time()
@@ -237,12 +239,21 @@ class RunLog:
         return None if previous is None else self._write(*previous)
 
     def add_eval(self, step: int, scalars: dict) -> None:
-        """Validation metrics of ``step``: merged into that step's training record when it is pending
-        (one record per step, as ``read_jsonl`` keeps only the last record of a step), else written."""
+        """Validation metrics of ``step``: merged into that step's training record when it is pending,
+        or written again together with it when that record was already written (``sync`` at a save), as
+        ``read_jsonl`` keeps only the last record of a step; else written alone."""
         if self.pending is not None and self.pending[0] == step:
             self.pending = (step, {**self.pending[1], **scalars})
+        elif self.last_written is not None and self.last_written[0] == step:
+            self.writer.write(step, {**self.last_written[1], **scalars})
         else:
             self.writer.write(step, scalars)
+
+    def sync(self) -> None:
+        """Write the pending record and flush the writer (for a ``gs://`` workdir: upload), so that the
+        records of every step up to a checkpoint are stored before the checkpoint can commit."""
+        self.flush()
+        self.writer.flush()
 
     def flush(self) -> Optional[int]:
         previous, self.pending = self.pending, None
@@ -264,6 +275,7 @@ class RunLog:
         scalars.update(rates, flops_per_byte=self.rates.flops_per_step / cfg.bytes_per_step,
                        elapsed_s=time.time() - self.t0_wall, process_cpu_s=time.process_time() - self.t0_cpu)
         self.writer.write(step, scalars)
+        self.last_written = (step, scalars)
         self.progress.update(step, scalars)
         if self.overflow is not None:
             self.overflow.update(step, scalars.get("overflow_frac", 0.0))
@@ -365,7 +377,12 @@ class TrainLoop:
 
     def save(self, step: int, force: bool) -> None:
         self.check_flags(step)  # never save a diverged state
-        if step != self.last_saved and self.mngr.save(step, self.state, self.setup.train_iter, force=force):
+        if step == self.last_saved:
+            return
+        # Metrics first: a kill after the checkpoint commits must not lose the records of the steps it covers
+        # (a remote workdir's metrics are uploaded here, not appended line by line).
+        self.metrics_log.sync()
+        if self.mngr.save(step, self.state, self.setup.train_iter, force=force):
             self.last_saved = step
 
     def train_one(self) -> bool:
@@ -443,7 +460,7 @@ def run(setup: Setup) -> int:
     cfg, mesh, workdir = setup.cfg, setup.mesh, setup.workdir
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
     topology = run_topology(cfg, mesh)
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and not is_remote(workdir):  # GCS has no directories to create
         workdir.mkdir(parents=True, exist_ok=True)
     # Every process reads the previous topology (the workdir is shared): they must agree on how to restore.
     previous_topology = workdir_lib.read_previous_topology(workdir)

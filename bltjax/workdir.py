@@ -9,6 +9,10 @@ Layout::
     <workdir>/checkpoints/<step>/  Orbax: train state, Grain iterator state, metadata
 
 ``is_workdir`` is the one "is this a training run?" probe; ``load_run`` restores a run's parameters.
+
+A workdir may be a Cloud Storage URL (``gs://bucket/run``): every function here takes one, and
+:func:`resolve` turns it into an ``etils.epath.Path`` (local paths stay ``pathlib.Path``).  See
+``docs/cloud_storage.md``.
 """
 
 from __future__ import annotations
@@ -25,26 +29,35 @@ TENSORBOARD_SUBDIR = "tensorboard"
 CHECKPOINT_SUBDIR = "checkpoints"
 
 
+def resolve(workdir: str | os.PathLike) -> pathlib.Path:
+    """The workdir as a path object: ``etils.epath.Path`` for ``gs://...`` (and other fsspec URLs),
+    else ``pathlib.Path`` with ``~`` expanded."""
+    from bltjax.storage import as_path, is_remote
+
+    if is_remote(workdir):
+        return as_path(workdir)
+    return pathlib.Path(workdir).expanduser()
+
+
 def config_file(workdir: str | os.PathLike) -> pathlib.Path:
-    return pathlib.Path(workdir) / CONFIG_FILE
+    return resolve(workdir) / CONFIG_FILE
 
 
 def run_file(workdir: str | os.PathLike) -> pathlib.Path:
-    return pathlib.Path(workdir) / RUN_FILE
+    return resolve(workdir) / RUN_FILE
 
 
 def metrics_file(workdir: str | os.PathLike) -> pathlib.Path:
-    return pathlib.Path(workdir) / METRICS_FILE
+    return resolve(workdir) / METRICS_FILE
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> pathlib.Path:
-    return pathlib.Path(workdir) / CHECKPOINT_SUBDIR
+    return resolve(workdir) / CHECKPOINT_SUBDIR
 
 
 def is_workdir(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a ``bltjax.train`` run directory (``config.json`` and ``checkpoints/``)."""
-    p = pathlib.Path(path)
-    return config_file(p).is_file() and checkpoint_dir(p).is_dir()
+    return config_file(path).is_file() and checkpoint_dir(path).is_dir()
 
 
 def has_checkpoints(workdir: str | os.PathLike) -> bool:
@@ -53,11 +66,11 @@ def has_checkpoints(workdir: str | os.PathLike) -> bool:
     return ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
 
 
-def write_json(path: pathlib.Path, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically (temporary file, then rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically (local: temporary file, then rename; GCS: one object write)."""
+    from bltjax.storage import write_text_atomic
+
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_previous_topology(workdir: str | os.PathLike) -> dict:
@@ -70,7 +83,7 @@ def read_config(workdir: str | os.PathLike):
     """The ``TrainConfig`` stored in a workdir's ``config.json``."""
     from bltjax.train_config import config_from_dict
 
-    f = config_file(pathlib.Path(workdir).expanduser())
+    f = config_file(workdir)
     if not f.is_file():
         raise FileNotFoundError(f"{f.parent} is not a bltjax training workdir (no {CONFIG_FILE})")
     return config_from_dict(json.loads(f.read_text()))
@@ -97,7 +110,7 @@ def load_run(workdir: str | os.PathLike, step: Optional[int] = None, mesh: Any =
     from bltjax.checkpoint import CheckpointManager
     from bltjax.train_step import make_steps
 
-    workdir = pathlib.Path(workdir).expanduser()
+    workdir = resolve(workdir)
     cfg = read_config(workdir)
     mesh = mesh if mesh is not None else single_device_mesh()
     with jax.set_mesh(mesh):
@@ -111,6 +124,6 @@ def load_run(workdir: str | os.PathLike, step: Optional[int] = None, mesh: Any =
     return cfg, state["params"], got_step
 
 
-__all__ = ["CONFIG_FILE", "RUN_FILE", "METRICS_FILE", "TENSORBOARD_SUBDIR", "CHECKPOINT_SUBDIR", "config_file",
-           "run_file", "metrics_file", "checkpoint_dir", "is_workdir", "has_checkpoints", "write_json",
+__all__ = ["resolve", "CONFIG_FILE", "RUN_FILE", "METRICS_FILE", "TENSORBOARD_SUBDIR", "CHECKPOINT_SUBDIR",
+           "config_file", "run_file", "metrics_file", "checkpoint_dir", "is_workdir", "has_checkpoints", "write_json",
            "read_previous_topology", "read_config", "single_device_mesh", "load_run"]

@@ -24,7 +24,9 @@ INDEX_FILE = "index.json"
 
 def read_index(index_path: str | os.PathLike) -> dict:
     """The ``index.json`` of a precompute output directory; ValueError on another format tag."""
-    index_path = pathlib.Path(index_path)
+    from bltjax.storage import as_path
+
+    index_path = as_path(index_path)
     meta = json.loads(index_path.read_text())
     if meta.get("format") != PRECOMPUTE_FORMAT:
         raise ValueError(f"{index_path}: unknown format {meta.get('format')!r} (expected {PRECOMPUTE_FORMAT!r})")
@@ -32,12 +34,15 @@ def read_index(index_path: str | os.PathLike) -> dict:
 
 
 def open_entropies(path: str | os.PathLike) -> np.ndarray:
-    """Memory-map a 1-D entropies ``.npy``; if it lies in a precompute directory, check its format tag."""
-    path = pathlib.Path(path)
+    """Memory-map a 1-D entropies ``.npy``; if it lies in a precompute directory, check its format tag.
+    A remote (``gs://``) file is copied to the local cache once (``bltjax.storage.stage_local``)."""
+    from bltjax.storage import as_path, stage_local
+
+    path = as_path(path)
     index = path.parent / INDEX_FILE
     if index.is_file():
         read_index(index)
-    return np.load(path, mmap_mode="r")
+    return np.load(stage_local(path, what="entropies file"), mmap_mode="r")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -71,7 +76,9 @@ class PrecomputedEntropies:
 def load_precomputed(path: str | pathlib.Path, split: str = "train") -> PrecomputedEntropies:
     """Open entropies written by ``precompute_entropies``: ``path`` is the output directory (or its
     ``index.json``); the array is memory-mapped."""
-    p = pathlib.Path(path)
+    from bltjax.storage import as_path, is_remote
+
+    p = as_path(path) if is_remote(path) else pathlib.Path(path)
     index_path = p if p.name == "index.json" else p / "index.json"
     if not index_path.is_file():
         raise ValueError(f"{path}: no index.json (not a precompute output directory)")
@@ -80,7 +87,8 @@ def load_precomputed(path: str | pathlib.Path, split: str = "train") -> Precompu
         raise ValueError(f"{index_path}: no split {split!r} (has {sorted(meta['splits'])})")
     info = meta["splits"][split]
     ent = open_entropies(index_path.parent / info["entropies"])
-    offsets = np.load(index_path.parent / info["offsets"])
+    with (index_path.parent / info["offsets"]).open("rb") as f:
+        offsets = np.load(f)
     if ent.ndim != 1 or ent.shape[0] != offsets[-1]:
         raise ValueError(f"{index_path.parent}: entropies ({ent.shape}) do not match the offsets ({offsets[-1]})")
     return PrecomputedEntropies(path=str(index_path.parent), entropies=ent, offsets=offsets, meta=meta)

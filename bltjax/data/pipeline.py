@@ -49,7 +49,6 @@ import copy
 import dataclasses
 import functools
 import hashlib
-import pathlib
 
 import grain
 import numpy as np
@@ -246,9 +245,11 @@ class _Entropies:
         self._arr = arr
 
     def _load(self) -> np.ndarray:
-        if not pathlib.Path(self.path).is_file():
-            raise DataError(f"entropies file {self.path!r} does not exist")
         from bltjax.data.entropy_file import open_entropies
+        from bltjax.storage import as_path
+
+        if not as_path(self.path).is_file():
+            raise DataError(f"entropies file {self.path!r} does not exist")
 
         try:
             return open_entropies(self.path)
