@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any, Literal, Optional
 
 PatchingMode = Literal["entropy", "space", "static", "byte", "bpe"]
@@ -20,6 +21,73 @@ PatchingMode = Literal["entropy", "space", "static", "byte", "bpe"]
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
+
+
+# ---------------------------------------------------------------------- numeric range checks
+# Every int field of a config dataclass is a size or count (>= 1) unless listed here with its own
+# lower bound (None: any int).  Float fields must be finite, and > 0 when listed in POSITIVE_FLOATS.
+# Keys are "ClassName.field"; check_ranges walks nested config dataclasses, so a new int field is
+# range-checked without new code.
+INT_FIELD_MINIMUM: dict[str, Optional[int]] = {
+    "BLTConfig.eos_id": 0,
+    "TransformerConfig.eos_id": 0,
+    "TrainConfig.seed": None,
+    "TrainConfig.eval_every": 0,  # 0 disables evaluation
+    "TrainConfig.eval_batches": 0,
+    "OptimConfig.warmup_steps": 0,
+    "DataConfig.seed": 0,
+    "DataConfig.worker_count": 0,
+    "DataConfig.read_threads": 0,
+    "DataConfig.prefetch_batches": 0,
+    "PatcherConfig.max_patches": 2,
+    "TrainConfig.seq_len": 2,
+}
+# Int fields where -1 is a sentinel ("the remaining devices") besides the minimum.
+INT_FIELD_SENTINELS: dict[str, tuple[int, ...]] = {
+    f"MeshConfig.{g}_{a}": (-1,) for g in ("ici", "dcn") for a in ("data", "fsdp", "tensor")
+}
+POSITIVE_FLOATS = frozenset({
+    "PatcherConfig.patch_size", "TransformerConfig.norm_eps", "TransformerConfig.rope_theta",
+    "TransformerConfig.ffn_dim_multiplier", "BLTConfig.norm_eps", "BLTConfig.rope_theta",
+    "BLTConfig.ffn_dim_multiplier", "OptimConfig.lr", "OptimConfig.eps", "OptimConfig.clip",
+})
+
+
+def _range_error(key: str, value: Any, need: str) -> ValueError:
+    return ValueError(f"{key} must be {need}, got {value!r}")
+
+
+def check_ranges(cfg: Any, prefix: str = "") -> None:
+    """Raise ValueError naming the dotted key of the first numeric field out of range.
+
+    Walks ``cfg`` and every nested bltjax config dataclass (Optional sections only when set).  Runs
+    before any derived size (head dim, FFN width, patch counts) is computed, so a zero or negative
+    size is reported as such instead of a ZeroDivisionError deep inside the model.
+    """
+    if not type(cfg).__module__.startswith("bltjax."):
+        return  # a section class from elsewhere checks its own fields in its validate()
+    cls = type(cfg).__name__
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key, rule = f"{prefix}{f.name}", f"{cls}.{f.name}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_ranges(value, key + ".")
+            continue
+        items = value if isinstance(value, tuple) else (value,)
+        for i, v in enumerate(items):
+            where = key if not isinstance(value, tuple) else f"{key}[{i}]"
+            if isinstance(v, bool) or v is None:
+                continue
+            if isinstance(v, int):
+                lo = INT_FIELD_MINIMUM.get(rule, 1)
+                if lo is not None and v < lo and v not in INT_FIELD_SENTINELS.get(rule, ()):
+                    extra = "".join(f" or {s}" for s in INT_FIELD_SENTINELS.get(rule, ()))
+                    raise _range_error(where, v, f"an integer >= {lo}{extra}")
+            elif isinstance(v, float):
+                if not math.isfinite(v):
+                    raise _range_error(where, v, "a finite number")
+                if rule in POSITIVE_FLOATS and v <= 0:
+                    raise _range_error(where, v, "> 0")
 
 
 def mean_causal_context(seq_len: int, window: Optional[int]) -> float:
@@ -63,6 +131,7 @@ class PatcherConfig:
     patches_sum_to_n: bool = False
 
     def validate(self) -> PatcherConfig:
+        check_ranges(self)
         _check(self.mode in ("entropy", "space", "static", "byte", "bpe"),
                f"unknown patching mode {self.mode!r}")
         _check(self.max_patch_length is None or self.max_patch_length >= 1,
@@ -106,6 +175,7 @@ class TransformerConfig:
         return ffn_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
 
     def validate(self) -> TransformerConfig:
+        check_ranges(self)
         _check(self.dim % self.n_heads == 0 or self.head_dim is not None,
                f"dim {self.dim} not divisible by n_heads {self.n_heads}")
         _check(self.n_heads % self.kv_heads == 0, "n_heads must be a multiple of n_kv_heads")
@@ -214,6 +284,7 @@ class BLTConfig:
         return self.n_layers_local_decoder if self.cross_attn_all_layers_decoder else 1
 
     def validate(self) -> BLTConfig:
+        check_ranges(self)
         _check(self.dim_local_encoder == self.dim_local_decoder,
                "dim_local_decoder must equal dim_local_encoder (the decoder reads encoder states)")
         for name, d, h in (("local_encoder", self.dim_local_encoder, self.n_heads_local_encoder),
@@ -378,5 +449,5 @@ def spec19_blt_config(**overrides: Any) -> BLTConfig:
     return BLTConfig(**base).validate()
 
 
-__all__ = ["PatcherConfig", "TransformerConfig", "BLTConfig", "ffn_hidden_dim", "mean_causal_context",
-           "train_flops_per_step", "tiny_blt_config", "spec19_blt_config"]
+__all__ = ["check_ranges", "INT_FIELD_MINIMUM", "PatcherConfig", "TransformerConfig", "BLTConfig", "ffn_hidden_dim",
+           "mean_causal_context", "train_flops_per_step", "tiny_blt_config", "spec19_blt_config"]

@@ -274,7 +274,8 @@ def test_bad_input_is_one_line_error_and_writes_nothing(case, tmp_path, capsys):
         "missing": text + ["--set", f"data.path={tmp_path / 'nope.txt'}"],
         "empty": text + ["--set", "data.path=" + _text_file(tmp_path, "empty.txt", b"")],
         "binary": text + ["--set", "data.path=" + _text_file(tmp_path, "x.bin", bytes(range(256)) * 8)],
-        "bad_utf8": text + ["--set", "data.path=" + _text_file(tmp_path, "bad.txt", b"hello \xff\xfe world\n" * 9)],
+        "bad_utf8": text + ["--set", "data.allow_invalid_utf8=false",  # (raw bytes are accepted by default)
+                            "--set", "data.path=" + _text_file(tmp_path, "bad.txt", b"hello \xff\xfe world\n" * 9)],
         "typo_key": ["--set", "optim.lrr=1e-3"],
         "typo_value": ["--set", "precision=bf16"],
         "batch_vs_mesh": ["--set", "global_batch_size=6"],
