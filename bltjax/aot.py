@@ -33,7 +33,13 @@ EXIT_OK, EXIT_USAGE, EXIT_NO_FIT = 0, 2, 3
 
 
 class DoesNotFit(RuntimeError):
-    """The program needs more HBM per device than the chip has (message: one line)."""
+    """The program needs more HBM per device than the chip has (message: one line).
+
+    ``parts``: per-device sizes known without compiling (parameters, optimizer state, inputs)."""
+
+    def __init__(self, message: str, parts: Optional[dict] = None) -> None:
+        super().__init__(message)
+        self.parts = parts or {}
 
 
 # ====================================================================== command line
@@ -60,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _common_args(p)
     p.add_argument("--json", default=None, help="also write the report as JSON here")
+    p.add_argument("--hlo", default=None, help="also write the optimised (per-device) HLO text here")
     return p
 
 
@@ -178,10 +185,13 @@ def compile_train(cfg, mesh) -> tuple[Any, dict, float]:
     ent = abstract_entropy_params(cfg, mesh)
     steps = make_steps(cfg, mesh, ent)  # outside set_mesh: topology devices hold no concrete arrays
     state, batch = steps.abstract_state, abstract_batch(cfg, mesh)
-    with jax.set_mesh(mesh):  # as in training: activation constraints see the mesh while tracing
-        compiled, secs = compile_lowered(lambda: steps.train.lower(state, batch, ent))
     parts = {"parameters": device_bytes(state["params"]), "optimizer state": device_bytes(state["opt_state"]),
              "batch + entropy model": device_bytes(batch) + device_bytes(ent)}
+    with jax.set_mesh(mesh):  # as in training: activation constraints see the mesh while tracing
+        try:
+            compiled, secs = compile_lowered(lambda: steps.train.lower(state, batch, ent))
+        except DoesNotFit as e:
+            raise DoesNotFit(str(e), parts) from e
     return compiled, parts, secs
 
 
@@ -290,7 +300,7 @@ def no_fit_line(r: dict) -> str:
 
 
 # ====================================================================== entry points
-def run_one(args: argparse.Namespace) -> dict:
+def run_one(args: argparse.Namespace, hlo_path: Optional[str] = None) -> dict:
     """Compile one configuration and return its report (raises UsageError / DoesNotFit)."""
     from bltjax import metrics
 
@@ -304,6 +314,8 @@ def run_one(args: argparse.Namespace) -> dict:
         compiled, parts, secs = compile_train(cfg, mesh)
         model_flops = metrics.train_flops_per_step(cfg)
     report = build_report(cfg, topo, devices, mesh, compiled, parts, secs, args.hbm_gib, model_flops, args.mode)
+    if hlo_path:
+        pathlib.Path(hlo_path).write_text(compiled.as_text())
     if args.mode == "generate":
         report["setup"] = (f"{args.batch} rows, prompt bucket {args.prompt_len} + {args.new_bytes} new bytes, weights "
                            f"{args.param_sharding} in {cfg.resolved_model().dtype}; figures are for one decode step "
@@ -325,12 +337,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from bltjax.train import UsageError, _one_line
 
     try:
-        report = run_one(args)
+        report = run_one(args, args.hlo)
     except UsageError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     except DoesNotFit as e:
+        known = ", ".join(f"{k} {_gib(v)}" for k, v in e.parts.items())
+        if known:
+            print(f"per device, known before compiling: {known}", flush=True)
         print(f"does not fit: {e}", file=sys.stderr, flush=True)
+        if args.json:
+            pathlib.Path(args.json).write_text(json.dumps({"fits": False, "reason": str(e), "parts": e.parts}, indent=2))
         return EXIT_NO_FIT
     print(format_report(report), flush=True)
     if args.json:

@@ -59,7 +59,7 @@ def run_point(argv: list[str], point: list[str]) -> dict:
     except UsageError as e:
         return {"point": point, "status": "error", "reason": _one_line(e)}
     except aot.DoesNotFit as e:
-        return {"point": point, "status": "no fit", "reason": str(e)}
+        return {"point": point, "status": "no fit", "reason": str(e), "parts": e.parts}
     except Exception as e:  # noqa: BLE001 -- one broken point must not end the sweep
         return {"point": point, "status": "error", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     fits = report["memory"]["fits"]
