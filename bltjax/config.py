@@ -160,7 +160,7 @@ class BLTConfig:
     # Compute
     dtype: str = "float32"  # activation / matmul dtype ("bfloat16" for speed)
     param_dtype: str = "float32"
-    attention_impl: Literal["auto", "xla", "cudnn"] = "auto"
+    attention_impl: Literal["auto", "xla", "cudnn", "splash"] = "auto"
     remat: Literal["none", "full", "dots"] = "none"
     scan_layers: bool = True
 

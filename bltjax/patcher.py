@@ -91,8 +91,7 @@ def _fixed_count_starts(ent_bn: jnp.ndarray, seq_b: jnp.ndarray, patch_size: flo
     _, top_m = jax.lax.top_k(scores, k_max)
     keep = jnp.arange(k_max)[None, :] < k_b[:, None]
     pos = jnp.where(keep, top_m + 2, n + 1)  # n + 1 is out of bounds: dropped
-    rows = jnp.arange(b)[:, None]
-    return mask.at[rows, pos].set(True, mode="drop")
+    return jax.vmap(lambda m_n, p_k: m_n.at[p_k].set(True, mode="drop"))(mask, pos)
 
 
 def patch_start_mask(
@@ -204,9 +203,8 @@ def lengths_from_starts(
     count_b = jnp.sum(valid, axis=1, dtype=jnp.int32)
     rank = jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1
     col = jnp.where(valid & (rank < max_patches), rank, max_patches + 1)  # out of bounds -> dropped
-    rows = jnp.arange(b)[:, None]
     start_bp1 = jnp.broadcast_to(total_b[:, None], (b, max_patches + 1))
-    start_bp1 = start_bp1.at[rows, col].set(jnp.broadcast_to(idx, (b, m)), mode="drop")
+    start_bp1 = jax.vmap(lambda s_p, c_m: s_p.at[c_m].set(idx[0], mode="drop"))(start_bp1, col)
     lengths_bp = start_bp1[:, 1:] - start_bp1[:, :-1]
     return lengths_bp.astype(jnp.int32), jnp.minimum(count_b, max_patches), count_b > max_patches
 
@@ -285,10 +283,8 @@ def patch_ids_from_lengths(lengths_bp: jnp.ndarray, n: int) -> jnp.ndarray:
     lengths_bp = jnp.asarray(lengths_bp).astype(jnp.int32)
     if lengths_bp.ndim != 2:
         raise ValueError(f"lengths must have shape [B, P], got {lengths_bp.shape}")
-    b, _ = lengths_bp.shape
     ends_bp = jnp.cumsum(lengths_bp, axis=1)
-    rows = jnp.arange(b)[:, None]
-    hits = jnp.zeros((b, n + 1), jnp.int32).at[rows, jnp.clip(ends_bp, 0, n)].add(1)
+    hits = jax.vmap(lambda e_p: jnp.zeros((n + 1,), jnp.int32).at[e_p].add(1))(jnp.clip(ends_bp, 0, n))
     return jnp.cumsum(hits[:, :n], axis=1, dtype=jnp.int32)
 
 
@@ -316,11 +312,9 @@ def global_patch_tokens(tokens_bn: jnp.ndarray, patch_ids_bn: jnp.ndarray, n_pat
     patch_ids_bn = jnp.asarray(patch_ids_bn).astype(jnp.int32)
     if tokens_bn.shape != patch_ids_bn.shape or tokens_bn.ndim != 2:
         raise ValueError(f"tokens {tokens_bn.shape} and patch ids {patch_ids_bn.shape} must both be [B, N]")
-    b = tokens_bn.shape[0]
-    rows = jnp.arange(b)[:, None]
     is_eos = (tokens_bn == eos_id).astype(jnp.int32)
     col = jnp.clip(patch_ids_bn, 0, n_patches)  # n_patches = overflow bucket, sliced away
-    hits = jnp.zeros((b, n_patches + 1), jnp.int32).at[rows, col].max(is_eos)
+    hits = jax.vmap(lambda c_n, e_n: jnp.zeros((n_patches + 1,), jnp.int32).at[c_n].max(e_n))(col, is_eos)
     return jnp.where(hits[:, :n_patches] > 0, eos_id, BOE_ID).astype(jnp.int32)
 
 

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 MESH_AXES: tuple[str, str, str] = ("data", "fsdp", "tensor")
 
 MeshAxes = Union[None, str, tuple[str, ...]]
+UNCONSTRAINED = PartitionSpec.UNCONSTRAINED  # a logical "name" that leaves the dimension to XLA
 LogicalAxes = tuple[Optional[str], ...]
 Rules = tuple[tuple[str, MeshAxes], ...]
 
@@ -44,11 +45,23 @@ Rules = tuple[tuple[str, MeshAxes], ...]
 # ----------------------------------------------------------------------------------------------
 
 LOGICAL_AXIS_RULES: Rules = (
-    # -- activations
+    # -- input batches ([B, N] tokens, targets, masks)
     ("batch", ("data", "fsdp")),  # batch rows: data parallel x FSDP
     ("bytes", None),  # byte sequence axis (future: "context")
     ("patches", None),  # patch sequence axis (future: "context")
+    # -- activations: every layer boundary of every model part, and every reshape that merges or
+    # splits a dimension, is constrained to these (``constrain``), so XLA keeps the batch split over
+    # ("data", "fsdp") everywhere and all-gathers *weights* (FSDP) rather than activations.
+    ("act_batch", ("data", "fsdp")),  # rows (also the merged rows x positions of 2-D matmuls)
+    ("act_len", None),  # byte positions (future: "context")
+    ("act_patches", None),  # patch positions and patch query slots (P, P*k)
     ("act_embed", None),  # activation model dim (sequence parallelism would put "tensor" here)
+    ("act_heads", "tensor"),  # attention heads (follow wq / wo)
+    ("act_kv_heads", "tensor"),  # key/value heads (follow wk / wv)
+    ("act_head_dim", None),
+    ("act_mlp", "tensor"),  # SwiGLU hidden (follows w1 / w3)
+    ("act_vocab", None),  # logits over the 260 byte ids
+    ("act_hash_tables", None),  # the n-gram hash function axis of hash ids
     # -- weights (and activation head / hidden axes, which follow their weights)
     ("embed", "fsdp"),  # model dim of every weight, local and global: FSDP
     ("mlp", "tensor"),  # SwiGLU hidden
@@ -97,7 +110,7 @@ def logical_to_spec(axes: Sequence[Optional[str]], rules: Rules = LOGICAL_AXIS_R
                     mesh_shape: Optional[Mapping[str, int]] = None) -> PartitionSpec:
     """Resolve logical axis names to a ``PartitionSpec`` (one entry per dimension).
 
-    ``None`` as a logical name means "replicated".  With ``mesh_shape`` (axis name -> size) given,
+    ``None`` as a logical name means "replicated", :data:`UNCONSTRAINED` "the compiler chooses".  With ``mesh_shape`` (axis name -> size) given,
     mesh axes of size 1 or missing from the mesh are dropped; with ``shape`` too, options that do
     not divide the dimension are skipped.  Without them only the "no mesh axis twice" rule applies.
     """
@@ -107,8 +120,8 @@ def logical_to_spec(axes: Sequence[Optional[str]], rules: Rules = LOGICAL_AXIS_R
     used: set[str] = set()
     entries: list[MeshAxes] = []
     for dim, name in enumerate(axes):
-        if name is None:
-            entries.append(None)
+        if name is None or name is UNCONSTRAINED:
+            entries.append(name)
             continue
         chosen: tuple[str, ...] = ()
         not_divisible = False
@@ -369,6 +382,18 @@ def constrain(x: jax.Array, logical_axes: Sequence[Optional[str]],
     return jax.lax.with_sharding_constraint(x, spec)
 
 
+def constrain_rows(x: jax.Array, name: str, rows: int, rules: Rules = LOGICAL_AXIS_RULES) -> jax.Array:
+    """Constrain a view ``[rows * m, ...]`` of a ``[rows, m, ...]`` activation whose leading dims were
+    merged (a 2-D matmul, a batch of blocks): the merged dimension is split exactly as ``rows`` would
+    be under the logical axis ``name`` (so the merge moves no data); the other dimensions are left to
+    the compiler."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or math.prod(mesh.shape.values()) == 1:
+        return x
+    lead = logical_to_spec((name,), rules, shape=(rows,), mesh_shape=_mesh_shape(mesh))[0]
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(lead, *(UNCONSTRAINED,) * (x.ndim - 1)))
+
+
 def batch_spec(ndim: int = 2, rules: Rules = LOGICAL_AXIS_RULES) -> PartitionSpec:
     """Rows over the "batch" rule, every other dimension replicated."""
     return logical_to_spec(("batch",) + (None,) * (ndim - 1), rules)
@@ -409,7 +434,7 @@ def shard_batch(local_batch: Any, mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES)
 
 __all__ = [
     "MESH_AXES", "LOGICAL_AXIS_RULES", "MeshConfig", "make_mesh", "logical_to_spec", "param_logical_axes",
-    "param_partition_specs", "param_shardings", "abstract_params", "is_axes_leaf", "constrain",
+    "param_partition_specs", "param_shardings", "abstract_params", "is_axes_leaf", "constrain", "constrain_rows", "UNCONSTRAINED",
     "batch_spec", "batch_sharding", "shard_batch", "BLT_PARAM_AXES", "ENTROPY_PARAM_AXES",
     "BUNDLE_PARAM_AXES",
 ]

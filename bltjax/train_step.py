@@ -78,6 +78,7 @@ def patch_batch(cfg: TrainConfig, tokens_bn: jax.Array, entropy_params: Any = No
     """
     model = cfg.model
     pcfg = model.patcher
+    tokens_bn = sharding.constrain(tokens_bn, ("act_batch", "act_len"))
     if pcfg.mode == "entropy" and entropies_bn is None:
         if entropy_params is None or model.entropy_model is None:
             raise ValueError("entropy patching needs the entropy model (model.entropy_model and its params)")
@@ -86,6 +87,7 @@ def patch_batch(cfg: TrainConfig, tokens_bn: jax.Array, entropy_params: Any = No
     if entropies_bn is not None:
         entropies_bn = jax.lax.stop_gradient(entropies_bn.astype(jnp.float32))
     lengths, overflow = training_patch_lengths(pcfg, tokens_bn, entropies_bn, max_patches_for(model, cfg.seq_len))
+    lengths = sharding.constrain(lengths, ("act_batch", "act_patches"))
     stats = {
         "n_patches_sum": jnp.sum(lengths > 0).astype(jnp.float32),
         "n_positions_sum": jnp.sum(lengths).astype(jnp.float32),
@@ -127,6 +129,8 @@ def make_loss_fn(cfg: TrainConfig, entropy_params: Any = None) -> Callable[[Any,
     forward = logits_fn(cfg)
 
     def loss_fn(params, batch):
+        # rows of every batch leaf (also of a strided micro-batch) split like the batch
+        batch = {k: sharding.constrain(v, ("batch",) + (None,) * (v.ndim - 1)) for k, v in batch.items()}
         logits, stats = forward(params, batch, entropy_params)
         loss, metrics = cross_entropy_loss(logits, batch["targets"], batch["mask"], cfg.optim.z_loss)
         return loss, {**metrics, **stats}

@@ -6,7 +6,12 @@ Self-attention (local byte models, entropy model, global model):
       *block-local*: query blocks of 128 attend only to the keys their window can reach, so the cost
       is O(T*(W+128)) instead of O(T^2).
     * ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")`` (GPU, bf16/fp16).
-    * ``auto``: cudnn on GPU with a 16-bit compute dtype, otherwise xla.  (TPU splash slots in here.)
+    * ``splash``: the Pallas splash-attention kernel (``bltjax/model/splash.py``), block-sparse over
+      the causal / sliding-window mask, documents as segment ids, in ``shard_map`` over the batch and
+      head mesh axes.  On a TPU it compiles to a Mosaic kernel; elsewhere it runs in Pallas interpret
+      mode (slow: for tests).
+    * ``auto``: splash when compiling for TPU (the mesh's devices, or the default backend), cudnn on
+      GPU with a 16-bit compute dtype, otherwise xla.
 
 Cross-attention (spec §6, §8, §9):
     * encoder, patches query bytes: each byte belongs to exactly one patch, so the exact-patch mask is
@@ -26,6 +31,8 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+
+from bltjax.sharding import constrain_rows
 
 _NEG = -1e30
 
@@ -139,27 +146,46 @@ def _block_local_attention(q_btnh, k_btkh, v_btkh, doc_bt, window: int, block: i
         d = blocks(doc_bt)
         d_k = with_prev(d, fill=-1)
         allowed = allowed & (d[:, :, :, None] == d_k[:, :, None, :])
-    flat = lambda x: x.reshape(b * nb, *x.shape[2:])
+    flat = lambda x: constrain_rows(x.reshape(b * nb, *x.shape[2:]), "act_batch", b)
     out = softmax_attention(flat(q_b), flat(k2), flat(v2), mask_bias(flat(allowed)))
     return out.reshape(b, nb * block, n, h)[:, :t]
 
 
 LOCAL_BLOCK = 128  # query block of the block-local path (matmul-friendly, small waste)
+IMPLS = ("auto", "xla", "cudnn", "splash")
+
+
+def target_platform() -> str:
+    """Platform the code is being compiled for: the devices of the mesh set with ``jax.set_mesh``
+    (so a TPU topology compiled from a CPU host counts as TPU), else JAX's default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
 
 
 def _use_cudnn(impl: str, dtype) -> bool:
     if impl == "cudnn":
         return True
     if impl == "auto":
-        return jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+        return target_platform() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
     return False
+
+
+def _use_splash(impl: str) -> bool:
+    return impl == "splash" or (impl == "auto" and target_platform() == "tpu")
 
 
 def self_attention(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, *,
                    doc_bt: Optional[jax.Array] = None, window: Optional[int] = None,
                    impl: str = "auto") -> jax.Array:
     """Causal self-attention with optional document split (doc ids) and sliding window."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown attention_impl {impl!r} (one of {', '.join(IMPLS)})")
     t = q_btnh.shape[1]
+    if _use_splash(impl):
+        from bltjax.model import splash  # Pallas: imported only when used
+
+        return splash.self_attention(q_btnh, k_btkh, v_btkh, doc_bt=doc_bt, window=window)
     if _use_cudnn(impl, q_btnh.dtype):
         mask = None
         if doc_bt is not None:
@@ -178,12 +204,20 @@ def self_attention(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, *,
     return softmax_attention(q_btnh, k_btkh, v_btkh, mask_bias(mask))
 
 
-def segment_ids(pid_bn: jax.Array, n_patches: int) -> jax.Array:
-    """Flat segment id per byte (row-major over the batch); bytes with pid >= P get an out-of-range id
-    that segment reductions drop."""
-    b = pid_bn.shape[0]
-    seg = pid_bn + jnp.arange(b)[:, None] * n_patches
-    return jnp.where(pid_bn < n_patches, seg, b * n_patches).reshape(-1)
+def _patch_query_row(q_pkhd: jax.Array, k_nhd: jax.Array, v_nhd: jax.Array, pid_n: jax.Array,
+                     n_patches: int) -> jax.Array:
+    """One row of :func:`patch_query_attention`: ``[P, k, H, hd]`` from ``N`` bytes."""
+    hd = q_pkhd.shape[-1]
+    in_patch = pid_n < n_patches  # bytes past the row's patches belong to no segment
+    seg = jnp.where(in_patch, pid_n, n_patches)  # out of range: dropped by the segment reductions
+    pid_c = jnp.minimum(pid_n, n_patches - 1)
+    s_nkh = jnp.einsum("nrhd,nhd->nrh", q_pkhd[pid_c], k_nhd, preferred_element_type=jnp.float32) * (hd ** -0.5)
+    seg_max = jax.ops.segment_max(s_nkh, seg, num_segments=n_patches)  # [P, k, H]
+    seg_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(seg_max), seg_max, 0.0))
+    e = jnp.where(in_patch[:, None, None], jnp.exp(s_nkh - seg_max[pid_c]), 0.0)
+    denom = jax.ops.segment_sum(e, seg, num_segments=n_patches)
+    num = jax.ops.segment_sum(e[..., None] * v_nhd[:, None].astype(jnp.float32), seg, num_segments=n_patches)
+    return num / jnp.where(denom > 0, denom, 1.0)[..., None]  # [P, k, H, hd]
 
 
 def patch_query_attention(q_bqnh: jax.Array, k_bnkh: jax.Array, v_bnkh: jax.Array, pid_bn: jax.Array,
@@ -191,25 +225,13 @@ def patch_query_attention(q_bqnh: jax.Array, k_bnkh: jax.Array, v_bnkh: jax.Arra
     """Encoder cross-attention, exact-patch mask, as a segment softmax.
 
     q: [B, P*k, H, hd] patch query slots; k/v: [B, N, H, hd] bytes; pid: [B, N] patch of each byte.
-    Slot p*k+r attends to exactly the bytes with pid == p.  Empty patches give 0.
+    Slot p*k+r attends to exactly the bytes with pid == p.  Empty patches give 0.  The segment
+    reductions run per row (``vmap``): their scatters keep the batch as a batch dimension, so the
+    partitioner splits them over the batch like every other activation.
     """
     b, q_len, nh, hd = q_bqnh.shape
-    n = k_bnkh.shape[1]
-    q_bpkh = q_bqnh.reshape(b, n_patches, k, nh, hd)
-    pid_c = jnp.minimum(pid_bn, n_patches - 1)  # bytes past a row's patches are dropped by segment_ids
-    q_at_byte = jnp.take_along_axis(q_bpkh, pid_c[:, :, None, None, None], axis=1)  # [B, N, k, H, hd]
-    s_bnkh = jnp.einsum("bnrhd,bnhd->bnrh", q_at_byte, k_bnkh,
-                        preferred_element_type=jnp.float32) * (hd ** -0.5)
-    seg = segment_ids(pid_bn, n_patches)
-    flat_s = s_bnkh.reshape(b * n, k, nh)
-    seg_max = jax.ops.segment_max(flat_s, seg, num_segments=b * n_patches)
-    seg_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(seg_max), seg_max, 0.0))
-    e = jnp.exp(flat_s - seg_max[jnp.minimum(seg, b * n_patches - 1)])
-    denom = jax.ops.segment_sum(e, seg, num_segments=b * n_patches)  # [B*P, k, H]
-    v_flat = v_bnkh.reshape(b * n, nh, hd)
-    num = jax.ops.segment_sum(e[..., None] * v_flat[:, None].astype(jnp.float32), seg,
-                              num_segments=b * n_patches)  # [B*P, k, H, hd]
-    out = num / jnp.where(denom > 0, denom, 1.0)[..., None]
+    q_bpkhd = q_bqnh.reshape(b, n_patches, k, nh, hd)
+    out = jax.vmap(_patch_query_row, in_axes=(0, 0, 0, 0, None))(q_bpkhd, k_bnkh, v_bnkh, pid_bn, n_patches)
     return out.reshape(b, q_len, nh, hd).astype(q_bqnh.dtype)
 
 

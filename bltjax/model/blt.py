@@ -24,6 +24,7 @@ from bltjax.model.cross_attention import init_cross
 from bltjax.model.layers import dtype_of, trunc_normal
 from bltjax.model.transformer import init_stack
 from bltjax.patcher import decoder_patch_ids, global_patch_tokens, patch_ids_from_lengths
+from bltjax.sharding import constrain
 
 
 def init_params(cfg: BLTConfig, key: jax.Array) -> dict:
@@ -79,12 +80,15 @@ def forward(params: dict, cfg: BLTConfig, tokens_bn: jax.Array, patch_lengths_bp
     """
     check_inputs(cfg, tokens_bn, patch_lengths_bp)
     n, n_patches = tokens_bn.shape[1], patch_lengths_bp.shape[1]
-    pid = patch_ids_from_lengths(patch_lengths_bp, n)
-    dpid = decoder_patch_ids(patch_lengths_bp, n)
-    doc = doc_ids_from_tokens(tokens_bn, cfg.eos_id) if cfg.local_doc_mask else None
+    bn = ("act_batch", "act_len")
+    tokens_bn = constrain(tokens_bn, bn)
+    patch_lengths_bp = constrain(patch_lengths_bp, ("act_batch", "act_patches"))
+    pid = constrain(patch_ids_from_lengths(patch_lengths_bp, n), bn)
+    dpid = constrain(decoder_patch_ids(patch_lengths_bp, n), bn)
+    doc = constrain(doc_ids_from_tokens(tokens_bn, cfg.eos_id), bn) if cfg.local_doc_mask else None
     e = local_encoder.embed(params, cfg, tokens_bn)
     h, slots = local_encoder.forward(params, cfg, e, pid, n_patches, doc, dense_cross=dense_cross)
-    gtok = global_patch_tokens(tokens_bn, pid, n_patches, cfg.eos_id)
+    gtok = constrain(global_patch_tokens(tokens_bn, pid, n_patches, cfg.eos_id), ("act_batch", "act_patches"))
     g_in, g_out = global_model.forward(params, cfg, slots, gtok)
     logits = local_decoder.forward(params, cfg, h, g_out, dpid, doc, dense_cross=dense_cross)
     if not intermediates:

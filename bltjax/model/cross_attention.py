@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from bltjax.model import attention as attn_lib
-from bltjax.model.layers import linear, rms_norm, trunc_normal
+from bltjax.model.layers import BTD, linear, rms_norm, trunc_normal
+from bltjax.model.transformer import BTH, BTNH
+from bltjax.sharding import constrain
 
 
 def init_cross(n: int, dim: int, key: jax.Array, dtype=jnp.float32) -> dict:
@@ -36,11 +38,12 @@ def cross_attend(p: dict, q_bqd: jax.Array, kv_bsd: jax.Array, *, kind: Literal[
     b, t, d = q_bqd.shape
     s = kv_bsd.shape[1]
     hd = d // n_heads
+    q_bqd, kv_bsd = constrain(q_bqd, BTD), constrain(kv_bsd, BTD)
     qn = rms_norm(q_bqd, p["norm_q"], eps)
     kvn = rms_norm(kv_bsd, p["norm_kv"], eps)
-    q = linear(qn, p["wq"]).reshape(b, t, n_heads, hd)
-    kk = linear(kvn, p["wk"]).reshape(b, s, n_heads, hd)
-    v = linear(kvn, p["wv"]).reshape(b, s, n_heads, hd)
+    q = constrain(linear(qn, p["wq"], BTH).reshape(b, t, n_heads, hd), BTNH)
+    kk = constrain(linear(kvn, p["wk"], BTH).reshape(b, s, n_heads, hd), BTNH)
+    v = constrain(linear(kvn, p["wv"], BTH).reshape(b, s, n_heads, hd), BTNH)
     if window is not None or dense:
         if kind == "encoder":
             mask = attn_lib.encoder_cross_mask(ids_bn, n_patches, k, window)
@@ -51,4 +54,5 @@ def cross_attend(p: dict, q_bqd: jax.Array, kv_bsd: jax.Array, *, kind: Literal[
         a = attn_lib.patch_query_attention(q, kk, v, ids_bn, n_patches, k)
     else:
         a = attn_lib.byte_query_attention(q, kk, v, ids_bn, n_patches, k)
-    return 2 * q_bqd + linear(a.reshape(b, t, d), p["wo"])
+    a = constrain(constrain(a, BTNH).reshape(b, t, d), BTH)
+    return 2 * q_bqd + linear(a, p["wo"], BTD)

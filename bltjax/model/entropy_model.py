@@ -16,9 +16,10 @@ import jax.numpy as jnp
 
 from bltjax.config import PatcherConfig, TransformerConfig
 from bltjax.model.attention import doc_ids_from_tokens
-from bltjax.model.layers import dtype_of, linear, rms_norm, trunc_normal
+from bltjax.model.layers import BTD, BTV, dtype_of, linear, rms_norm, trunc_normal
 from bltjax.model.transformer import StackSpec, apply_stack, init_stack
 from bltjax.patcher import entropies_from_logits  # noqa: F401  (re-exported)
+from bltjax.sharding import constrain, constrain_rows
 
 NEWLINE_ID = ord("\n") + 4
 
@@ -45,11 +46,11 @@ def forward(params: dict, cfg: TransformerConfig, tokens_bn: jax.Array, *, dtype
             boundary_id: Optional[int] = None) -> jax.Array:
     """Next-byte logits [B, N, V] (float32).  ``boundary_id`` adds a context reset after that byte."""
     cdt = dtype_of(dtype)
-    x = params["tok_embeddings"].astype(cdt)[tokens_bn]
+    x = constrain(params["tok_embeddings"].astype(cdt)[tokens_bn], BTD)
     doc = doc_ids_from_tokens(tokens_bn, cfg.eos_id, boundary_id) if cfg.doc_mask or boundary_id else None
     x = apply_stack(params["layers"], x, stack_spec(cfg, attention_impl, remat), doc)
     x = rms_norm(x, params["norm"], cfg.norm_eps)
-    return linear(x, params["output"]).astype(jnp.float32)
+    return linear(x, params["output"], BTV).astype(jnp.float32)
 
 
 def compute_entropies(params: dict, cfg: TransformerConfig, pcfg: PatcherConfig, tokens_bn: jax.Array,
@@ -76,9 +77,9 @@ def compute_entropies(params: dict, cfg: TransformerConfig, pcfg: PatcherConfig,
     rows, length = stream.shape
     n_chunks = -(-length // c)
     padded = jnp.pad(stream, [(0, 0), (0, n_chunks * c - length)])
-    chunks = padded.reshape(rows * n_chunks, c)
+    chunks = constrain_rows(padded.reshape(rows * n_chunks, c), "act_batch", rows)
     p = params if dtype == "float32" else jax.tree.map(lambda a: a.astype(dtype_of(dtype)), params)
     logits = forward(p, cfg, chunks, dtype=dtype, attention_impl=attention_impl, boundary_id=boundary)
     ent = entropies_from_logits(logits.astype(dtype_of(dtype)), in_logits_dtype=True)
     ent = ent.reshape(rows, n_chunks * c)[:, :length]
-    return ent.reshape(b, n)
+    return constrain(ent.reshape(b, n), ("act_batch", "act_len"))

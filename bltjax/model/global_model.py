@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from bltjax.config import BLTConfig
-from bltjax.model.layers import linear
+from bltjax.model.layers import BTD, linear
+from bltjax.sharding import constrain
 from bltjax.model.transformer import StackSpec, apply_stack
 
 
@@ -34,9 +35,9 @@ def forward(params: dict, cfg: BLTConfig, slots_bqd: jax.Array, global_tokens_bp
     """Returns (global input [B, P, k*dE], global output [B, P, dG])."""
     gp = params["global"]
     b = slots_bqd.shape[0]
-    g_in = slots_bqd.reshape(b, -1, cfg.patch_dim)
+    g_in = constrain(slots_bqd.reshape(b, -1, cfg.patch_dim), BTD)
     x = g_in
     if cfg.global_input_projection:
-        x = linear(x, gp["input_projection"])
+        x = linear(x, gp["input_projection"], BTD)
     doc = patch_doc_ids(global_tokens_bp, cfg.eos_id) if cfg.global_attn == "block_causal" else None
     return g_in, apply_stack(gp["layers"], x, global_spec(cfg), doc, scan=cfg.scan_layers)

@@ -6,8 +6,13 @@ use (fp32 master weights, bf16 compute when configured).  Norms, RoPE tables and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
+
+from bltjax.sharding import constrain, constrain_rows
 
 
 def dtype_of(name: str) -> jnp.dtype:
@@ -21,14 +26,20 @@ def rms_norm(x_btd: jax.Array, w_d: jax.Array, eps: float) -> jax.Array:
     return (y * w_d.astype(jnp.float32)).astype(x_btd.dtype)
 
 
-def linear(x: jax.Array, w_io: jax.Array) -> jax.Array:
+def linear(x: jax.Array, w_io: jax.Array, axes: Optional[Sequence[Optional[str]]] = None) -> jax.Array:
     """x @ w with the weight cast to x's dtype (the compute dtype).
 
     Leading dims are flattened into one so that forward and both gradients are plain 2-D matmuls
     (on CPU, XLA's gradient of a 3-D einsum is ~2x slower than the same work as 2-D dots).
+    ``axes`` are the logical axes of the result (e.g. ``("act_batch", "act_len", "act_mlp")``): the
+    merged rows are then kept split like the batch (the merge must not hand XLA a dimension it may
+    gather, e.g. to form a weight gradient under FSDP) and the result is constrained to ``axes``.
     """
-    y = x.reshape(-1, x.shape[-1]) @ w_io.astype(x.dtype)
-    return y.reshape(*x.shape[:-1], w_io.shape[-1])
+    x2 = x.reshape(-1, x.shape[-1])
+    if axes is not None and x.ndim > 2:
+        x2 = constrain_rows(x2, axes[0], x.shape[0])
+    y = (x2 @ w_io.astype(x.dtype)).reshape(*x.shape[:-1], w_io.shape[-1])
+    return y if axes is None else constrain(y, axes)
 
 
 def rope_tables(positions_bt: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
@@ -53,8 +64,14 @@ def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax
     return (x * cos + swapped * sin).astype(x_btnh.dtype)
 
 
+BTD = ("act_batch", "act_len", "act_embed")  # logical axes of a [B, T, d] activation
+BTF = ("act_batch", "act_len", "act_mlp")  # of a SwiGLU hidden [B, T, ffn]
+BTV = ("act_batch", "act_len", "act_vocab")  # of logits [B, T, 260]
+
+
 def swiglu(x_btd: jax.Array, w1_df: jax.Array, w3_df: jax.Array, w2_fd: jax.Array) -> jax.Array:
-    return linear(jax.nn.silu(linear(x_btd, w1_df)) * linear(x_btd, w3_df), w2_fd)
+    hidden = jax.nn.silu(linear(x_btd, w1_df, BTF)) * linear(x_btd, w3_df, BTF)
+    return linear(hidden, w2_fd, BTD)
 
 
 def trunc_normal(key: jax.Array, shape: tuple[int, ...], std: float, dtype=jnp.float32) -> jax.Array:

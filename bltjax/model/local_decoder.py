@@ -18,8 +18,9 @@ import jax.numpy as jnp
 
 from bltjax.config import BLTConfig
 from bltjax.model.cross_attention import cross_attend
-from bltjax.model.layers import linear, rms_norm
+from bltjax.model.layers import BTD, BTV, linear, rms_norm
 from bltjax.model.transformer import StackSpec, block, layer, positions_rope
+from bltjax.sharding import constrain
 
 
 def decoder_spec(cfg: BLTConfig) -> StackSpec:
@@ -33,8 +34,8 @@ def decoder_spec(cfg: BLTConfig) -> StackSpec:
 def patch_kv(params: dict, cfg: BLTConfig, g_out_bpd: jax.Array) -> jax.Array:
     """Project global patch states to the decoder's k key/value slots per patch: [B, P*k, dD]."""
     b, p, _ = g_out_bpd.shape
-    kv = linear(g_out_bpd, params["decoder"]["patch_projection"])
-    return kv.reshape(b, p * cfg.cross_attn_k, cfg.dim_local_decoder)
+    kv = linear(g_out_bpd, params["decoder"]["patch_projection"], BTD)
+    return constrain(kv.reshape(b, p * cfg.cross_attn_k, cfg.dim_local_decoder), BTD)
 
 
 def forward(params: dict, cfg: BLTConfig, h_enc_bnd: jax.Array, g_out_bpd: jax.Array, dpid_bn: jax.Array,
@@ -54,4 +55,4 @@ def forward(params: dict, cfg: BLTConfig, h_enc_bnd: jax.Array, g_out_bpd: jax.A
                              eps=cfg.norm_eps, window=cfg.cross_attn_window_decoder, dense=dense_cross)
         y = block(layer(dec["layers"], i), y, spec, rope, doc_bn)
     y = rms_norm(y, dec["norm"], cfg.norm_eps)
-    return linear(y, dec["output"]).astype(jnp.float32)
+    return linear(y, dec["output"], BTV).astype(jnp.float32)

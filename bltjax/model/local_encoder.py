@@ -16,11 +16,13 @@ import jax
 import jax.numpy as jnp
 
 from bltjax.config import BLTConfig
-from bltjax.model.attention import segment_ids
 from bltjax.model.cross_attention import cross_attend
 from bltjax.model.hashing import hash_ids
-from bltjax.model.layers import dtype_of, linear
+from bltjax.model.layers import BTD, dtype_of, linear
 from bltjax.model.transformer import StackSpec, block, layer, positions_rope
+from bltjax.sharding import constrain
+
+BPD = ("act_batch", "act_patches", "act_embed")  # patch vectors / patch query slots
 
 
 def encoder_spec(cfg: BLTConfig) -> StackSpec:
@@ -34,32 +36,35 @@ def encoder_spec(cfg: BLTConfig) -> StackSpec:
 def embed(params: dict, cfg: BLTConfig, tokens_bn: jax.Array) -> jax.Array:
     """Byte embedding plus every hash n-gram embedding (no scaling, no averaging)."""
     cdt = dtype_of(cfg.dtype)
-    e = params["tok_embeddings"][tokens_bn].astype(cdt)
+    e = constrain(params["tok_embeddings"][tokens_bn].astype(cdt), BTD)
     if cfg.n_hash_tables:
         ids_btn = hash_ids(tokens_bn, cfg.encoder_hash_byte_group_size,
                            cfg.encoder_hash_byte_group_nb_functions, cfg.encoder_hash_byte_group_vocab)
         tables = params["hash_embeddings"]
         t, vh, d = tables.shape
-        flat_ids = ids_btn + (jnp.arange(t) * vh)[None, :, None]
-        e = e + jnp.sum(tables.reshape(t * vh, d)[flat_ids].astype(cdt), axis=1)
+        flat_ids = constrain(ids_btn + (jnp.arange(t) * vh)[None, :, None], ("act_batch", "act_hash_tables", "act_len"))
+        e = e + constrain(jnp.sum(tables.reshape(t * vh, d)[flat_ids].astype(cdt), axis=1), BTD)
     return e
 
 
-def pool_patches(h_bnd: jax.Array, pid_bn: jax.Array, n_patches: int, mode: str) -> jax.Array:
-    """Reduce byte states per patch ("max" in releases); patches without bytes give 0."""
-    b, n, d = h_bnd.shape
-    seg = segment_ids(pid_bn, n_patches)
-    flat = h_bnd.reshape(b * n, d)
-    count = jax.ops.segment_sum(jnp.ones((b * n,), jnp.int32), seg, num_segments=b * n_patches)
+def _pool_row(h_nd: jax.Array, pid_n: jax.Array, n_patches: int, mode: str) -> jax.Array:
+    seg = jnp.where(pid_n < n_patches, pid_n, n_patches)  # bytes past the patches: dropped
+    count = jax.ops.segment_sum(jnp.ones(pid_n.shape, jnp.int32), seg, num_segments=n_patches)
     if mode == "max":
-        out = jax.ops.segment_max(flat, seg, num_segments=b * n_patches)
+        out = jax.ops.segment_max(h_nd, seg, num_segments=n_patches)
     elif mode == "min":
-        out = jax.ops.segment_min(flat, seg, num_segments=b * n_patches)
+        out = jax.ops.segment_min(h_nd, seg, num_segments=n_patches)
     else:  # avg / mean
-        out = jax.ops.segment_sum(flat, seg, num_segments=b * n_patches)
+        out = jax.ops.segment_sum(h_nd, seg, num_segments=n_patches)
         out = out / jnp.maximum(count, 1)[:, None].astype(out.dtype)
-    out = jnp.where((count > 0)[:, None], out, 0)
-    return out.reshape(b, n_patches, d)
+    return jnp.where((count > 0)[:, None], out, 0)
+
+
+def pool_patches(h_bnd: jax.Array, pid_bn: jax.Array, n_patches: int, mode: str) -> jax.Array:
+    """Reduce byte states per patch ("max" in releases); patches without bytes give 0.  Per row
+    (``vmap``), so the segment scatters keep the batch as a batch dimension (split like the batch)."""
+    out = jax.vmap(_pool_row, in_axes=(0, 0, None, None))(h_bnd, pid_bn, n_patches, mode)
+    return constrain(out, BPD)
 
 
 def forward(params: dict, cfg: BLTConfig, e_bnd: jax.Array, pid_bn: jax.Array, n_patches: int,
@@ -70,7 +75,7 @@ def forward(params: dict, cfg: BLTConfig, e_bnd: jax.Array, pid_bn: jax.Array, n
     b, n, d = e_bnd.shape
     k = cfg.cross_attn_k
     rope = positions_rope(n, spec, b)
-    h = e_bnd
+    h = constrain(e_bnd, BTD)
     q = None
     cross_i = 0
     for i in range(spec.n_layers):
@@ -78,7 +83,8 @@ def forward(params: dict, cfg: BLTConfig, e_bnd: jax.Array, pid_bn: jax.Array, n
         if cfg.cross_attn_all_layers_encoder or i == spec.n_layers - 1:
             if q is None:
                 pooled = pool_patches(h, pid_bn, n_patches, cfg.downsampling_by_pooling)
-                q = linear(pooled, enc["patch_projection"]).reshape(b, n_patches * k, d)
+                q = linear(pooled, enc["patch_projection"], BPD).reshape(b, n_patches * k, d)
+                q = constrain(q, BPD)
             q = cross_attend(layer(enc["cross"], cross_i), q, h, kind="encoder", ids_bn=pid_bn,
                              n_patches=n_patches, k=k, n_heads=cfg.cross_attn_nheads, eps=cfg.norm_eps,
                              window=cfg.cross_attn_window_encoder, dense=dense_cross)

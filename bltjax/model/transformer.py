@@ -16,8 +16,14 @@ import jax
 import jax.numpy as jnp
 
 from bltjax.model import attention as attn_lib
-from bltjax.model.layers import apply_rope, linear, rms_norm, rope_tables, swiglu, trunc_normal
+from bltjax.model.layers import BTD, apply_rope, linear, rms_norm, rope_tables, swiglu, trunc_normal
 from bltjax.sharding import constrain
+
+# Logical axes of the attention activations (the rules table in bltjax/sharding.py places them).
+BTH = ("act_batch", "act_len", "act_heads")  # query heads x head_dim, flattened
+BTK = ("act_batch", "act_len", "act_kv_heads")
+BTNH = ("act_batch", "act_len", "act_heads", "act_head_dim")
+BTKH = ("act_batch", "act_len", "act_kv_heads", "act_head_dim")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,15 +75,17 @@ def block_with_kv(p: dict, x_btd: jax.Array, spec: StackSpec, rope: tuple[jax.Ar
     ``[B, T, K, hd]`` (what the cached decoder keeps)."""
     b, t, _ = x_btd.shape
     hd = spec.head_dim
+    x_btd = constrain(x_btd, BTD)
     n1 = rms_norm(x_btd, p["attention_norm"], spec.norm_eps)
-    q = linear(n1, p["wq"]).reshape(b, t, spec.n_heads, hd)
-    k = linear(n1, p["wk"]).reshape(b, t, spec.n_kv_heads, hd)
-    v = linear(n1, p["wv"]).reshape(b, t, spec.n_kv_heads, hd)
+    q = constrain(linear(n1, p["wq"], BTH).reshape(b, t, spec.n_heads, hd), BTNH)
+    k = constrain(linear(n1, p["wk"], BTK).reshape(b, t, spec.n_kv_heads, hd), BTKH)
+    v = constrain(linear(n1, p["wv"], BTK).reshape(b, t, spec.n_kv_heads, hd), BTKH)
     q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     a = attn_lib.self_attention(q, k, v, doc_bt=doc_bt, window=spec.window, impl=spec.attention_impl)
-    h = x_btd + linear(a.reshape(b, t, spec.n_heads * hd), p["wo"])
+    a = constrain(constrain(a, BTNH).reshape(b, t, spec.n_heads * hd), BTH)
+    h = x_btd + linear(a, p["wo"], BTD)
     n2 = rms_norm(h, p["ffn_norm"], spec.norm_eps)
-    return constrain(h + swiglu(n2, p["w1"], p["w3"], p["w2"]), ("batch", None, "act_embed")), k, v
+    return constrain(h + swiglu(n2, p["w1"], p["w3"], p["w2"]), BTD), k, v
 
 
 def block(p: dict, x_btd: jax.Array, spec: StackSpec, rope: tuple[jax.Array, jax.Array],
@@ -97,8 +105,10 @@ def _remat(fn, policy: str):
 
 
 def positions_rope(t: int, spec: StackSpec, batch: int) -> tuple[jax.Array, jax.Array]:
-    pos_bt = jnp.broadcast_to(jnp.arange(t)[None], (batch, t))
-    return rope_tables(pos_bt, spec.head_dim, spec.rope_theta)
+    """RoPE tables of positions 0..t-1, ``[1, t, head_dim/2]`` (broadcast over the ``batch`` rows: a
+    table per row would be a batch-sized buffer the partitioner need not split)."""
+    del batch
+    return rope_tables(jnp.arange(t)[None], spec.head_dim, spec.rope_theta)
 
 
 def apply_stack(stack: dict, x_btd: jax.Array, spec: StackSpec, doc_bt: Optional[jax.Array] = None,
