@@ -173,3 +173,16 @@ def test_train_step_compiles_for_a_v5p_topology(tmp_path, capsys):
     assert 0 < est["mfu"] < 1
     assert "step time ESTIMATE" in out and "fits" in out
     assert math.isfinite(r["collective_bytes"]) and r["collectives"]["all-gather"]["ops"] > 0  # FSDP weights
+
+
+@pytest.mark.parametrize("topology,slices,mesh", [
+    ("v5e-16", 1, {"data": 1, "fsdp": 16, "tensor": 1}),  # 4 hosts, one slice: no DCN axis
+    ("v5p-8", 2, {"data": 2, "fsdp": 4, "tensor": 1}),  # dcn_data=-1 spans the slices
+])
+def test_mesh_on_a_topology_is_built_like_training(topology, slices, mesh):
+    args = aot.build_parser().parse_args(["--config", TINY, "--topology", topology, "--num-slices", str(slices),
+                                          "--set", "mesh.ici_data=1", "--set", "mesh.ici_fsdp=-1",
+                                          "--set", "mesh.ici_tensor=1", "--set", "mesh.dcn_data=-1",
+                                          "--set", "global_batch_size=16"])
+    cfg, topo, devices, built = aot.load_target(args)
+    assert dict(built.shape) == mesh and len(devices) == topo.num_chips
