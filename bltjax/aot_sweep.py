@@ -125,8 +125,7 @@ def write_chart(results: list[dict], hbm_gib: Optional[float], title: str, path:
     ax3.set_ylabel("est. MFU (%)")
     ax2.set_xticks(list(x))
     ax2.set_xticklabels(labels, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
