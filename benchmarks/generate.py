@@ -37,7 +37,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from bltjax import tokenizer as tok_lib  # noqa: E402
 from bltjax.config import PatcherConfig, TransformerConfig, spec19_blt_config  # noqa: E402
-from bltjax.generate import Model, generate  # noqa: E402
+from bltjax.generation import Model, generate  # noqa: E402
 from bltjax.model import blt  # noqa: E402
 from bltjax.model import entropy_model as em  # noqa: E402
 
@@ -95,13 +95,14 @@ def timed(fn, repeats: int) -> list[float]:
 
 def cached_prefill_time(model: Model, prompt: str, new_bytes: int, repeats: int) -> float:
     """Median time of the prefill program alone (same shapes as in ``generate``)."""
-    from bltjax import generate as G
+    from bltjax import generation as G
     from bltjax.model import decode
+    from bltjax.padding import bucket, round_up
 
     cfg, params, eparams = G._prepare_model(model)
     ids = tok_lib.encode(prompt)
-    lb = G._bucket(len(ids))
-    cap = lb + G._round_up(new_bytes, G.CAPACITY_STEP)
+    lb = bucket(len(ids))
+    cap = lb + round_up(new_bytes, G.CAPACITY_STEP)
     sizes = decode.DecodeSizes(prompt_len=lb, max_len=cap)
     tokens = np.zeros((1, lb), np.int32)
     tokens[0, lb - len(ids):] = ids  # right-aligned, as generate() does

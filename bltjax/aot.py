@@ -302,7 +302,7 @@ def no_fit_line(r: dict) -> str:
 # ====================================================================== entry points
 def run_one(args: argparse.Namespace, hlo_path: Optional[str] = None) -> dict:
     """Compile one configuration and return its report (raises UsageError / DoesNotFit)."""
-    from bltjax import metrics
+    from bltjax.config import train_flops_per_step
 
     cfg, topo, devices, mesh = load_target(args)
     if args.mode == "generate":
@@ -312,7 +312,7 @@ def run_one(args: argparse.Namespace, hlo_path: Optional[str] = None) -> dict:
         model_flops = None
     else:
         compiled, parts, secs = compile_train(cfg, mesh)
-        model_flops = metrics.train_flops_per_step(cfg)
+        model_flops = train_flops_per_step(cfg)
     report = build_report(cfg, topo, devices, mesh, compiled, parts, secs, args.hbm_gib, model_flops, args.mode)
     if hlo_path:
         pathlib.Path(hlo_path).write_text(compiled.as_text())
@@ -334,12 +334,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return aot_sweep.main(argv[1:])
     args = build_parser().parse_args(argv)
     prepare_platform(args.topology)
-    from bltjax.train import UsageError, _one_line
+    from bltjax.train import UsageError, one_line
 
     try:
         report = run_one(args, args.hlo)
     except UsageError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
+        print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     except DoesNotFit as e:
         known = ", ".join(f"{k} {_gib(v)}" for k, v in e.parts.items())

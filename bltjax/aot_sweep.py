@@ -51,13 +51,13 @@ def run_point(argv: list[str], point: list[str]) -> dict:
     """Worker: compile one point; a dict with ``status`` "fits" / "no fit" / "error" and the report."""
     args = aot.build_parser().parse_args(argv)
     aot.prepare_platform(args.topology)
-    from bltjax.train import UsageError, _one_line
+    from bltjax.train import UsageError, one_line
 
     args.overrides = list(args.overrides) + point
     try:
         report = aot.run_one(args)
     except UsageError as e:
-        return {"point": point, "status": "error", "reason": _one_line(e)}
+        return {"point": point, "status": "error", "reason": one_line(e)}
     except aot.DoesNotFit as e:
         return {"point": point, "status": "no fit", "reason": str(e), "parts": e.parts}
     except Exception as e:  # noqa: BLE001 -- one broken point must not end the sweep

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 import warnings
 from typing import Any, Optional
@@ -31,6 +30,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocm
+
+from bltjax.storage import as_path, move_tree
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,7 @@ class CheckpointCorruptionWarning(UserWarning):
 
 
 def _as_path(directory: Any) -> epath.Path:
-    s = os.fspath(directory)
-    if "://" not in s:  # local paths: Orbax wants them absolute
-        s = os.path.abspath(s)
-    return epath.Path(s)
+    return as_path(directory)  # local paths made absolute (Orbax wants them so), gs:// kept
 
 
 def _sync(name: str) -> None:
@@ -235,7 +233,7 @@ class CheckpointManager:
                 src = self._step_dir(s)
                 dst = self.directory / f"{s}.corrupt-{stamp}"
                 try:
-                    src.rename(dst)
+                    move_tree(src, dst)
                     log.warning("moved unusable checkpoint step %d to %s", s, dst)
                 except OSError as e:  # leave it; a later save of this step will then fail loudly
                     log.error("could not move unusable checkpoint step %d aside: %s", s, e)
@@ -252,7 +250,7 @@ class CheckpointManager:
         self._mngr.wait_until_finished()
         self._mngr.close()
 
-    def __enter__(self) -> "CheckpointManager":
+    def __enter__(self) -> CheckpointManager:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -1,4 +1,6 @@
-"""Model configuration: frozen dataclasses for the BLT model, its entropy model and its patcher.
+"""Model configuration: frozen dataclasses for the BLT model, its entropy model and its patcher,
+and every FLOP formula (``BLTConfig.flops_per_byte``, ``TransformerConfig.flops_per_byte``,
+``train_flops_per_step``).
 
 Every field of the official ``params.json`` that changes behaviour has a field here (spec §20.10);
 ``bltjax.convert`` maps release / Hugging Face configs onto these classes and refuses fields it
@@ -18,6 +20,13 @@ PatchingMode = Literal["entropy", "space", "static", "byte", "bpe"]
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
+
+
+def mean_causal_context(seq_len: int, window: Optional[int]) -> float:
+    """Mean number of keys a query attends to in a causal (optionally windowed) sequence:
+    ``sum_{i=1..L} min(i, w) / L``."""
+    w = seq_len if window is None else min(window, seq_len)
+    return (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
 
 
 def ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: Optional[float]) -> int:
@@ -53,7 +62,7 @@ class PatcherConfig:
     # for single rows; applied by bltjax.pretrained on top of the official include_next_token lengths.
     patches_sum_to_n: bool = False
 
-    def validate(self) -> "PatcherConfig":
+    def validate(self) -> PatcherConfig:
         _check(self.mode in ("entropy", "space", "static", "byte", "bpe"),
                f"unknown patching mode {self.mode!r}")
         _check(self.max_patch_length is None or self.max_patch_length >= 1,
@@ -96,7 +105,7 @@ class TransformerConfig:
     def ffn_dim(self) -> int:
         return ffn_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
 
-    def validate(self) -> "TransformerConfig":
+    def validate(self) -> TransformerConfig:
         _check(self.dim % self.n_heads == 0 or self.head_dim is not None,
                f"dim {self.dim} not divisible by n_heads {self.n_heads}")
         _check(self.n_heads % self.kv_heads == 0, "n_heads must be a multiple of n_kv_heads")
@@ -108,6 +117,14 @@ class TransformerConfig:
         attn = d * self.n_heads * hd * 2 + d * self.kv_heads * hd * 2
         layer = attn + 3 * d * f + 2 * d
         return self.n_layers * layer + 2 * self.vocab_size * d + d
+
+    def flops_per_byte(self, seq_len: int, training: bool = False) -> float:
+        """Forward (or training, 3x) FLOPs per byte of this byte LM (e.g. the entropy model):
+        2 x (non-embedding matmul params incl. the output head) + attention scores (QK and AV)."""
+        matmul_params = self.num_params() - self.vocab_size * self.dim  # input embedding is a lookup
+        attn = 2 * 2 * self.n_layers * self.n_heads * self.hdim * mean_causal_context(seq_len, self.sliding_window)
+        fwd = 2 * matmul_params + attn
+        return fwd * (3.0 if training else 1.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -193,7 +210,7 @@ class BLTConfig:
             return 0
         return self.n_layers_local_decoder if self.cross_attn_all_layers_decoder else 1
 
-    def validate(self) -> "BLTConfig":
+    def validate(self) -> BLTConfig:
         _check(self.dim_local_encoder == self.dim_local_decoder,
                "dim_local_decoder must equal dim_local_encoder (the decoder reads encoder states)")
         for name, d, h in (("local_encoder", self.dim_local_encoder, self.n_heads_local_encoder),
@@ -263,9 +280,8 @@ class BLTConfig:
         p = self.num_params(include_hash=False)
         dE, dD, dG, k = self.dim_local_encoder, self.dim_local_decoder, self.dim_global, self.cross_attn_k
         ps = float(bytes_per_patch)
-        win = min(self.local_attention_window_len or seq_len_bytes, seq_len_bytes)
         # mean number of keys per query under a causal window: ramps up to W, then stays at W
-        local_ctx = (win * (win + 1) / 2 + (seq_len_bytes - win) * win) / seq_len_bytes
+        local_ctx = mean_causal_context(seq_len_bytes, self.local_attention_window_len or seq_len_bytes)
         patches = seq_len_bytes / ps
         # byte-rate matmuls: local blocks, decoder cross-attention (q/o per byte; k/v per patch slot)
         enc_blocks = p["local_encoder"] - self.n_cross_encoder * (4 * dE * dE + 2 * dE) - dE * k * dE
@@ -290,7 +306,7 @@ class BLTConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BLTConfig":
+    def from_dict(cls, d: dict[str, Any]) -> BLTConfig:
         d = dict(d)
         d["patcher"] = PatcherConfig(**d.get("patcher", {}))
         if d.get("entropy_model") is not None:
@@ -301,6 +317,21 @@ class BLTConfig:
         unknown = set(d) - known
         _check(not unknown, f"unknown BLTConfig fields: {sorted(unknown)}")
         return cls(**d)
+
+
+def train_flops_per_step(cfg: Any, bytes_per_patch: Optional[float] = None) -> float:
+    """Model FLOPs of one optimizer step of ``cfg`` (a ``TrainConfig``), backward = 2x forward.
+
+    BLT: ``model.flops_per_byte(bytes_per_patch, seq_len)`` (spec §11 paper accounting) times the
+    bytes per step; ``bytes_per_patch`` defaults to ``model.patcher.patch_size`` (pass the measured
+    mean for entropy patching).  Entropy-model training (``train_entropy_model``):
+    ``model.entropy_model.flops_per_byte(seq_len, training=True)`` per byte.
+    """
+    n_bytes = cfg.global_batch_size * cfg.seq_len
+    if cfg.train_entropy_model:
+        return cfg.model.entropy_model.flops_per_byte(cfg.seq_len, training=True) * n_bytes
+    ps = cfg.model.patcher.patch_size if bytes_per_patch is None else bytes_per_patch
+    return cfg.resolved_model().flops_per_byte(ps, cfg.seq_len, training=True) * n_bytes
 
 
 def tiny_blt_config(**overrides: Any) -> BLTConfig:
@@ -330,5 +361,5 @@ def spec19_blt_config(**overrides: Any) -> BLTConfig:
     return BLTConfig(**base).validate()
 
 
-__all__ = ["PatcherConfig", "TransformerConfig", "BLTConfig", "ffn_hidden_dim", "tiny_blt_config",
-           "spec19_blt_config"]
+__all__ = ["PatcherConfig", "TransformerConfig", "BLTConfig", "ffn_hidden_dim", "mean_causal_context",
+           "train_flops_per_step", "tiny_blt_config", "spec19_blt_config"]

@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -56,7 +57,7 @@ def _leaves(tree):
         yield tree
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bltjax.convert", description=__doc__.splitlines()[0])
     ap.add_argument("src", help="release dir (params.json + consolidated.pth), HF dir, or bltjax dir")
     ap.add_argument("--out", required=True, help="output directory (must be empty or absent)")
@@ -65,7 +66,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--official-realtime", action="store_true",
                     help="reproduce the official realtime patcher (bf16, 8192-byte flattened chunks)")
     ap.add_argument("--entropy-model-dir", default=None, help="entropy model directory (release layout)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         summary = convert(args.src, args.out, force=args.force, param_dtype=args.param_dtype,
                           official_realtime=args.official_realtime, entropy_model_dir=args.entropy_model_dir)

@@ -2,7 +2,10 @@
 
     python -m bltjax.eval --checkpoint DIR --data PATH_OR_GLOB [--seq-len L] [--batch B]
                           [--max-bytes N] [--threshold T] [--mode global|monotonic] [--json OUT]
-    python -m bltjax.eval --checkpoint DIR --data ../shared/corpora/udhr/txt --report --out-dir OUT
+    python -m bltjax.eval --checkpoint runs/default        # a training run: its whole validation split
+    python -m bltjax.eval --checkpoint DIR --data udhr/txt --report --out-dir OUT
+
+Without ``--data``: the trainer's validation split of a training workdir, in windows of the run's seq_len.
 
 Works for BLT checkpoints (patched with the checkpoint's own patcher and entropy model) and for
 entropy-only checkpoints (bits per byte of the entropy LM itself; patch statistics from entropy
@@ -30,18 +33,27 @@ import math
 import pathlib
 import sys
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bltjax.config import BLTConfig, PatcherConfig, TransformerConfig
+from bltjax.config import (
+    BLTConfig,
+    PatcherConfig,
+    TransformerConfig,
+    mean_causal_context,  # noqa: F401  (re-exported)
+)
+from bltjax.data.documents import encode_document, read_files
+from bltjax.data.pipeline import BYTE_OFFSET, split_tokens, token_windows
+from bltjax.entropy_scoring import DEFAULT_THRESHOLD, context_config, threshold_patcher
 from bltjax.model import blt as blt_model
 from bltjax.model import entropy_model as entropy_lm
-from bltjax.patcher import model_patch_lengths, patch_lengths
-from bltjax.patching import (DEFAULT_THRESHOLD, LoadedCheckpoint, context_config, encode_document,
-                             open_checkpoint, read_files, threshold_patcher)
+from bltjax.patcher import patch_lengths
+from bltjax.pretrained import LoadedCheckpoint, open_checkpoint
+from bltjax.storage import LocalMirror, as_path
 
 LN2 = math.log(2.0)
 
@@ -79,7 +91,7 @@ class FileEval:
     def patches_per_char(self) -> Optional[float]:
         return self.n_patches / max(self.n_chars, 1) if self.n_patches else None
 
-    def add(self, other: "FileEval") -> None:
+    def add(self, other: FileEval) -> None:
         for f in ("file_bytes", "n_chars", "n_targets", "ce_nats", "n_tokens", "n_patches", "overflow_rows"):
             setattr(self, f, getattr(self, f) + getattr(other, f))
 
@@ -115,20 +127,9 @@ class EvalReport:
 # ----------------------------------------------------------------------------- FLOPs
 
 
-def mean_causal_context(seq_len: int, window: Optional[int]) -> float:
-    """Mean number of keys a query attends to in a causal (optionally windowed) sequence."""
-    w = seq_len if window is None else min(window, seq_len)
-    # sum_{i=1..L} min(i, w) / L
-    return (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
-
-
 def lm_flops_per_byte(cfg: TransformerConfig, seq_len: int, training: bool = False) -> float:
-    """Forward (or training, 3x) FLOPs per byte of a plain byte LM such as the entropy model:
-    2 x (non-embedding matmul params incl. the output head) + attention scores (QK and AV)."""
-    matmul_params = cfg.num_params() - cfg.vocab_size * cfg.dim  # input embedding is a lookup
-    attn = 2 * 2 * cfg.n_layers * cfg.n_heads * cfg.hdim * mean_causal_context(seq_len, cfg.sliding_window)
-    fwd = 2 * matmul_params + attn
-    return fwd * (3.0 if training else 1.0)
+    """Forward (or training, 3x) FLOPs per byte of a plain byte LM: ``cfg.flops_per_byte`` (bltjax.config)."""
+    return cfg.flops_per_byte(seq_len, training=training)
 
 
 # ----------------------------------------------------------------------------- windows
@@ -150,17 +151,7 @@ def file_windows(docs: Sequence[bytes], seq_len: int) -> tuple[np.ndarray, np.nd
     Window ``i`` is ``stream[i*L : i*L + L + 1]`` (overlap of one token), right-padded with 0;
     ``n_x`` = real tokens in ``x``.  Same layout as the training pipeline's windows.
     """
-    if seq_len < 1:
-        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-    stream = np.concatenate([encode_document(d) for d in docs])
-    n_win = max(1, -(-(len(stream) - 1) // seq_len))
-    padded = np.zeros(n_win * seq_len + 1, np.int32)
-    padded[:len(stream)] = stream
-    idx = np.arange(n_win)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
-    w = padded[idx]
-    n_x = np.clip(len(stream) - seq_len * np.arange(n_win), 0, seq_len).astype(np.int32)
-    n_x = np.minimum(n_x, len(stream) - 1 - seq_len * np.arange(n_win)).astype(np.int32)  # x needs a target
-    return w[:, :-1], w[:, 1:], n_x
+    return token_windows(np.concatenate([encode_document(d) for d in docs]), seq_len)
 
 
 # ----------------------------------------------------------------------------- scoring (jit)
@@ -190,10 +181,9 @@ def score_blt(params, entropy_params, x_bl, y_bl, n_x_b, *, cfg: BLTConfig, ecfg
     kept out of the patches (``lengths_b``), which cannot change any real position's logits since the
     model is causal.  Returns per-row ``(ce_sum, n_targets, n_patches, overflow)``.
     """
-    ent = None
-    if pcfg.mode == "entropy":
-        ent = entropy_lm.compute_entropies(entropy_params, ecfg, ctx, x_bl)
-    lengths, overflow = model_patch_lengths(pcfg, x_bl, ent, max_patches=max_patches, lengths_b=n_x_b)
+    model = dataclasses.replace(cfg, entropy_model=ecfg) if pcfg.mode == "entropy" else cfg
+    lengths, overflow = blt_model.patch_lengths(model, entropy_params, x_bl, patcher_cfg=pcfg, context=ctx,
+                                                max_patches=max_patches, lengths_b=n_x_b)
     logits = blt_model.forward(params, cfg, x_bl, lengths)
     ce, n = _ce_per_row(logits, y_bl)
     return ce, n, _patches_per_row(lengths, n_x_b), overflow
@@ -243,10 +233,10 @@ def resolve_patcher(ck: LoadedCheckpoint, threshold: Optional[float] = None,
     return threshold_patcher(pcfg, theta, mode or stored_mode)
 
 
-def evaluate(ck: LoadedCheckpoint, files: Sequence[tuple[str, Sequence[bytes]]], *, seq_len: int,
+def evaluate(ck: LoadedCheckpoint, files: Sequence[tuple[str, Sequence[bytes] | np.ndarray]], *, seq_len: int,
              batch: int = 8, threshold: Optional[float] = None, mode: Optional[str] = None,
              max_patches: Optional[int] = None, progress: bool = False) -> EvalReport:
-    """Evaluate ``ck`` on ``files`` = ``[(name, [document bytes, ...]), ...]`` (see module doc)."""
+    """Evaluate ``ck`` on ``files`` = ``[(name, [document bytes, ...] or a token array), ...]`` (module doc)."""
     t0 = time.time()
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
@@ -278,10 +268,14 @@ def evaluate(ck: LoadedCheckpoint, files: Sequence[tuple[str, Sequence[bytes]]],
     xs, ys, nxs, owner = [], [], [], []
     results = []
     for k, (name, docs) in enumerate(files):
-        docs = [bytes(d) for d in docs]
+        if isinstance(docs, np.ndarray):  # a ready token stream (e.g. a training run's validation split)
+            stream, docs = docs.astype(np.int32), [(docs[docs >= BYTE_OFFSET] - BYTE_OFFSET).astype(np.uint8).tobytes()]
+        else:
+            docs = [bytes(d) for d in docs]
+            stream = np.concatenate([encode_document(d) for d in docs])
         results.append(FileEval(name=name, file_bytes=sum(len(d) for d in docs),
                                 n_chars=sum(count_chars(d) for d in docs)))
-        x, y, n_x = file_windows(docs, seq_len)
+        x, y, n_x = token_windows(stream, seq_len)
         xs.append(x), ys.append(y), nxs.append(n_x), owner.append(np.full(len(x), k))
     x_all, y_all, nx_all, own = (np.concatenate(a) for a in (xs, ys, nxs, owner))
     sums = np.zeros((len(files), 5), np.float64)  # ce, n_targets, n_tokens, n_patches, overflow
@@ -349,6 +343,21 @@ def evaluate_paths(checkpoint: str | pathlib.Path | LoadedCheckpoint, data: str,
     return evaluate(ck, files, seq_len=seq_len, batch=batch, **kwargs)
 
 
+def evaluate_run(workdir: str | pathlib.Path, *, seq_len: Optional[int] = None, max_bytes: Optional[int] = None,
+                 **kwargs) -> EvalReport:
+    """``evaluate`` a training workdir on its own validation split (``config.json``'s data section and split
+    rule; windows of the run's ``seq_len`` by default); ``max_bytes`` keeps the first tokens of the split."""
+    from bltjax.workdir import read_config
+
+    try:
+        cfg = read_config(workdir)
+    except FileNotFoundError as e:
+        raise ValueError(f"{e}; pass --data FILES") from None
+    tokens = split_tokens(cfg.data, "validation")[:max_bytes or None]
+    name = f"validation split ({cfg.data.source}{': ' + cfg.data.path if cfg.data.path else ''})"
+    return evaluate(open_checkpoint(workdir), [(name, tokens)], seq_len=seq_len or cfg.seq_len, **kwargs)
+
+
 # ----------------------------------------------------------------------------- output
 
 
@@ -357,7 +366,9 @@ def _fmt(v: Optional[float], spec: str) -> str:
 
 
 def short_name(name: str) -> str:
-    return pathlib.Path(name.split(":")[0]).stem if name != "TOTAL" else name
+    if name == "TOTAL" or name.startswith("validation split"):
+        return name.split(" (")[0]
+    return pathlib.Path(name.split(":")[0]).stem
 
 
 def format_table(report: EvalReport, markdown: bool = False) -> str:
@@ -403,11 +414,12 @@ def summary(report: EvalReport) -> str:
 
 
 def write_report(report: EvalReport, out_dir: str | pathlib.Path) -> dict[str, pathlib.Path]:
-    """``report.md`` (Markdown table), ``report.png`` (bar charts), ``report.json`` in ``out_dir``."""
+    """``report.md`` (Markdown table), ``report.png`` (bar charts), ``report.json`` in ``out_dir``
+    (a local directory or ``gs://...``: then written locally first and uploaded)."""
     from bltjax import viz
 
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    mirror = LocalMirror(out_dir)
+    out = mirror.local
     paths = {"markdown": out / "report.md", "png": out / "report.png", "json": out / "report.json"}
     md = [f"# Evaluation report: `{pathlib.Path(report.checkpoint).name}`", "", summary(report).replace("\n", "  \n"),
           "", format_table(report, markdown=True), "",
@@ -418,7 +430,8 @@ def write_report(report: EvalReport, out_dir: str | pathlib.Path) -> dict[str, p
                  patches_per_char=r.patches_per_char) for r in report.files]
     viz.plot_report(rows, paths["png"], title=f"{report.kind} checkpoint {pathlib.Path(report.checkpoint).name}")
     paths["json"].write_text(json.dumps(report.to_dict(), indent=2))
-    return paths
+    mirror.close()  # uploads a remote report (and drops its local copy)
+    return {k: mirror.remote / p.name for k, p in paths.items()}
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -428,8 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bltjax.eval", description="Bits per byte, patch sizes and "
                                 "FLOPs per byte of a BLT or entropy-model checkpoint on text files.")
     p.add_argument("--checkpoint", required=True, help="BLT or entropy-model checkpoint directory")
-    p.add_argument("--data", required=True, help="files / directories / globs (comma-separated)")
-    p.add_argument("--seq-len", type=int, default=None, help="tokens per window (default min(4096, model cap))")
+    p.add_argument("--data", default=None, help="files / directories / globs (comma-separated; fetch:NAME: a "
+                   "known corpus); default for a training workdir: its validation split")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="tokens per window (default: the run's seq_len without --data, else min(4096, model cap))")
     p.add_argument("--batch", type=int, default=8, help="windows per step")
     p.add_argument("--max-bytes", type=int, default=None, help="evaluate only the first N bytes of each document")
     p.add_argument("--threshold", type=float, default=None, help="override the entropy threshold")
@@ -445,16 +460,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        report = evaluate_paths(args.checkpoint, args.data, seq_len=args.seq_len, batch=args.batch,
-                                max_bytes=args.max_bytes, threshold=args.threshold, mode=args.mode,
-                                max_patches=args.max_patches, progress=not args.no_progress)
+        kwargs = dict(seq_len=args.seq_len, batch=args.batch, max_bytes=args.max_bytes, threshold=args.threshold,
+                      mode=args.mode, max_patches=args.max_patches, progress=not args.no_progress)
+        if args.data is None:
+            report = evaluate_run(args.checkpoint, **kwargs)
+        else:
+            report = evaluate_paths(args.checkpoint, args.data, **kwargs)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary(report))
     print(format_table(report))
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+        as_path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
         print(f"wrote {args.json}")
     if args.report:
         paths = write_report(report, args.out_dir)
@@ -470,5 +488,5 @@ if __name__ == "__main__":
 
 
 __all__ = ["FileEval", "EvalReport", "mean_causal_context", "lm_flops_per_byte", "count_chars", "file_windows",
-           "score_blt", "score_entropy_lm", "resolve_patcher", "evaluate", "evaluate_paths",
+           "score_blt", "score_entropy_lm", "resolve_patcher", "evaluate", "evaluate_paths", "evaluate_run",
            "format_table", "summary", "write_report", "main"]

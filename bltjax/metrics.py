@@ -1,4 +1,4 @@
-"""Run metrics: peak FLOP/s per chip, MFU, throughput, JSONL + TensorBoard writer, console progress.
+"""Run metrics: MFU (against the peaks of ``bltjax.peak``), throughput, JSONL + TensorBoard writer, console progress.
 
 Non-blocking logging pattern (never stall the device on a metric)::
 
@@ -16,114 +16,41 @@ from the previous call, which finished long ago, so the host never waits for the
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import os
-import pathlib
 import sys
 import time
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-log = logging.getLogger(__name__)
-
-# Dense bf16 peak FLOP/s per chip (vendor specs), matched as lower-case substrings of
-# ``device.device_kind``; first match wins, so specific names precede their prefixes.
-PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
-    ("tpu7x", 2307e12),       # Ironwood
-    ("tpu v7", 2307e12),
-    ("tpu v6 lite", 918e12),  # v6e / Trillium
-    ("tpu v6e", 918e12),
-    ("tpu v5 lite", 197e12),  # v5e
-    ("tpu v5e", 197e12),
-    ("tpu v5p", 459e12),
-    ("tpu v5", 459e12),       # v5p reports "TPU v5"
-    ("tpu v4", 275e12),
-    ("tpu v3", 123e12),
-    ("tpu v2", 45e12),
-    ("gb200", 2500e12),
-    ("b200", 2250e12),
-    ("h100 pcie", 756e12),
-    ("h100", 989e12),         # SXM
-    ("h800", 989e12),
-    ("h200", 989e12),         # also GH200
-    ("a100", 312e12),
-    ("a800", 312e12),
-    ("l40s", 362e12),
-    ("l40", 181e12),
-    ("l4", 121e12),
-    ("v100", 125e12),         # fp16 tensor cores (no bf16)
-    ("t4", 65e12),            # fp16 tensor cores (no bf16)
-    ("mi300x", 1307e12),
+from bltjax.config import train_flops_per_step  # noqa: F401  (re-exported)
+from bltjax.peak import (  # noqa: F401
+    ENV_PEAK_FLOPS,
+    PEAK_BF16_FLOPS,
+    CpuInfo,
+    cpu_info,
+    cpu_peak_flops,
+    measure_matmul_flops,
+    measured_cpu_flops,
+    peak_flops_for_kind,
+    peak_flops_per_device,
 )
 
-# CPU fallback: the build machine (2 Zen 3 cores, AVX2/FMA) sustains ~40 GFLOP/s fp32 on a large
-# matmul (env-probe §3), i.e. ~20 GFLOP/s per core.  ``measure_matmul_flops`` measures instead.
-CPU_FLOPS_PER_CORE = 20e9
-
-ENV_PEAK_FLOPS = "BLTJAX_PEAK_FLOPS"  # overrides the per-device peak (FLOP/s) when set
-
-
-def _cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-@functools.lru_cache(maxsize=None)
-def measure_matmul_flops(n: int = 1024, repeats: int = 3) -> float:
-    """Best-of-``repeats`` fp32 ``n x n`` matmul FLOP/s on the default device (cached per process)."""
-    a = jnp.ones((n, n), jnp.float32)
-    matmul = jax.jit(lambda x: x @ x)
-    matmul(a).block_until_ready()
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        matmul(a).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n ** 3 / best
-
-
-def peak_flops_for_kind(device_kind: str) -> Optional[float]:
-    """Peak bf16 FLOP/s of one chip named ``device_kind`` (None when unknown)."""
-    kind = device_kind.lower()
-    for pattern, flops in PEAK_BF16_FLOPS:
-        if pattern in kind:
-            return flops
-    return None
-
-
-def peak_flops_per_device(device: Optional[jax.Device] = None, measure_cpu: bool = False) -> Optional[float]:
-    """Peak FLOP/s of one device: ``$BLTJAX_PEAK_FLOPS``, else the table, else None (unknown chip).
-
-    On CPU the host estimate (``CPU_FLOPS_PER_CORE`` x cores, or a measured matmul with
-    ``measure_cpu``) is divided among the process's CPU devices, so fake multi-device CPU runs
-    (``--xla_force_host_platform_device_count``) still report MFU against the real host.
-    """
-    if os.environ.get(ENV_PEAK_FLOPS):
-        return float(os.environ[ENV_PEAK_FLOPS])
-    device = device or jax.devices()[0]
-    if device.platform == "cpu":
-        host = measure_matmul_flops() if measure_cpu else CPU_FLOPS_PER_CORE * _cpu_cores()
-        return host / max(len(jax.local_devices(backend="cpu")), 1)
-    peak = peak_flops_for_kind(device.device_kind)
-    if peak is None:
-        log.warning("unknown device kind %r: no peak FLOP/s, MFU not reported (set %s)",
-                    device.device_kind, ENV_PEAK_FLOPS)
-    return peak
+log = logging.getLogger(__name__)
 
 
 def mfu(flops_per_step: float, step_time_s: float, n_devices: int,
         peak_flops: Optional[float] = None) -> float:
     """Model FLOPs utilisation: ``flops_per_step / (step_time_s * n_devices * peak)``.
 
-    ``peak_flops`` is per device (default ``peak_flops_per_device()``); NaN when it is unknown.
+    ``peak_flops`` is per device (default ``peak_flops_per_device()``: the vendor's dense bf16 peak of
+    an accelerator, the host's peak in its fastest matmul format for a CPU, see ``bltjax.peak``); NaN when
+    it is unknown.
     """
     if step_time_s <= 0:
         raise ValueError(f"step_time_s must be > 0, got {step_time_s}")
@@ -135,29 +62,7 @@ def mfu(flops_per_step: float, step_time_s: float, n_devices: int,
     return float(flops_per_step) / (step_time_s * n_devices * peak)
 
 
-def _mean_causal_context(seq_len: int, window: Optional[int]) -> float:
-    """Mean number of keys a query sees under a causal (optionally sliding-window) mask."""
-    w = seq_len if window is None else min(window, seq_len)
-    return (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
-
-
-def train_flops_per_step(cfg: Any, bytes_per_patch: Optional[float] = None) -> float:
-    """Model FLOPs of one optimizer step of ``cfg`` (a TrainConfig), backward = 2x forward.
-
-    BLT: ``model.flops_per_byte(bytes_per_patch, seq_len)`` (spec §11 paper accounting) times the
-    bytes per step; ``bytes_per_patch`` defaults to ``model.patcher.patch_size`` (pass the measured
-    mean for entropy patching).  Entropy-model training (``train_entropy_model``): per byte
-    ``6 * (params - embedding table) + 12 * n_layers * dim * mean causal context``.
-    """
-    n_bytes = cfg.global_batch_size * cfg.seq_len
-    if cfg.train_entropy_model:
-        em = cfg.model.entropy_model
-        matmul_params = em.num_params() - em.vocab_size * em.dim  # the input lookup is free
-        ctx = _mean_causal_context(cfg.seq_len, em.sliding_window)
-        attn = em.n_layers * em.n_heads * em.hdim * ctx * 4  # QK^T and AV, forward
-        return 3.0 * (2.0 * matmul_params + attn) * n_bytes
-    ps = cfg.model.patcher.patch_size if bytes_per_patch is None else bytes_per_patch
-    return cfg.resolved_model().flops_per_byte(ps, cfg.seq_len, training=True) * n_bytes
+# train_flops_per_step moved to bltjax.config (one home for FLOP formulas); re-exported here.
 
 
 class Throughput:
@@ -171,6 +76,10 @@ class Throughput:
         self.peak_flops = peak_flops
         self._clock = clock
         self._last: Optional[tuple[int, float]] = None
+
+    def restart(self) -> None:
+        """Forget the previous call: the next ``update`` only starts the clock again."""
+        self._last = None
 
     def update(self, step: int) -> dict[str, float]:
         """Rates since the previous call; ``{}`` on the first call (it only starts the clock)."""
@@ -220,25 +129,44 @@ class MetricsWriter:
 
     Only process 0 writes by default (``enabled``).  Appending makes resumed runs continue the same
     file; ``read_jsonl`` keeps the last record of a step logged twice.
+
+    ``workdir`` may be remote (``gs://...``): objects there cannot be appended to, so both files are
+    written to a local temporary mirror (``bltjax.storage.LocalMirror``; an existing remote
+    metrics.jsonl is downloaded first) and uploaded whole on ``flush()``/``close()`` and at most every
+    ``sync_every_s`` seconds from ``write()``.  Records written since the last upload are lost if
+    the process is killed; the trainer flushes whenever it saves a checkpoint, so the records of every
+    checkpointed step are in the bucket.
     """
 
     def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True, *,
                  filename: str = "metrics.jsonl", tb_subdir: str = "tensorboard",
-                 enabled: Optional[bool] = None):
+                 enabled: Optional[bool] = None, sync_every_s: float = 60.0):
+        from bltjax.storage import as_path
+
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = as_path(workdir)
         self.path = self.workdir / filename
+        self.sync_every_s = sync_every_s
         self._pending: Optional[tuple[int, Mapping[str, Any]]] = None
         self._file = None
         self._tb = None
+        self._mirror = None
+        self._last_sync = time.monotonic()
         if not self.enabled:
             return
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", buffering=1, encoding="utf-8")
+        from bltjax.storage import LocalMirror
+
+        self._mirror = LocalMirror(self.workdir, download=(filename,))
+        self._file = open(self._mirror.local / filename, "a", buffering=1, encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(logdir=str(self.workdir / tb_subdir))
+            self._tb = SummaryWriter(logdir=str(self._mirror.local / tb_subdir))
+
+    @property
+    def remote(self) -> bool:
+        """True when the files live in a local mirror uploaded on flush (remote workdir)."""
+        return self._mirror is not None and self._mirror.mirrored
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float | int]:
         """Convert ``metrics`` (one device_get) and write them now; returns the python scalars."""
@@ -249,6 +177,8 @@ class MetricsWriter:
             if self._tb is not None:
                 for k, v in scalars.items():
                     self._tb.add_scalar(k, v, global_step=int(step), walltime=now)
+            if self.remote and time.monotonic() - self._last_sync >= self.sync_every_s:
+                self._sync()
         return scalars
 
     def write_deferred(self, step: int, metrics: Mapping[str, Any]) -> Optional[tuple[int, dict]]:
@@ -261,14 +191,20 @@ class MetricsWriter:
             return None
         return previous[0], self.write(*previous)
 
-    def flush(self) -> Optional[tuple[int, dict]]:
-        """Write the deferred record (if any) and flush files."""
-        previous, self._pending = self._pending, None
-        out = None if previous is None else (previous[0], self.write(*previous))
+    def _sync(self) -> None:
         if self._file is not None:
             self._file.flush()
         if self._tb is not None:
             self._tb.flush()
+        if self._mirror is not None:
+            self._mirror.sync()
+        self._last_sync = time.monotonic()
+
+    def flush(self) -> Optional[tuple[int, dict]]:
+        """Write the deferred record (if any), flush files (and upload them to a remote workdir)."""
+        previous, self._pending = self._pending, None
+        out = None if previous is None else (previous[0], self.write(*previous))
+        self._sync()
         return out
 
     def close(self) -> None:
@@ -279,8 +215,11 @@ class MetricsWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._mirror is not None:
+            self._mirror.close()  # uploads the closed files
+            self._mirror = None
 
-    def __enter__(self) -> "MetricsWriter":
+    def __enter__(self) -> MetricsWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -288,13 +227,15 @@ class MetricsWriter:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records of a metrics.jsonl, sorted by step; a step logged twice (resume) keeps its last record."""
+    """Records of a metrics.jsonl (local or ``gs://``), sorted by step; a step logged twice (resume)
+    keeps its last record."""
+    from bltjax.storage import as_path
+
     by_step: dict[int, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                rec = json.loads(line)
-                by_step[rec["step"]] = rec
+    for line in as_path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            by_step[rec["step"]] = rec
     return [by_step[s] for s in sorted(by_step)]
 
 
@@ -392,7 +333,8 @@ def progress_bar(iterable=None, *, total: Optional[int] = None, desc: str, unit:
 
 
 __all__ = [
-    "PEAK_BF16_FLOPS", "CPU_FLOPS_PER_CORE", "ENV_PEAK_FLOPS", "measure_matmul_flops", "peak_flops_for_kind",
+    "PEAK_BF16_FLOPS", "ENV_PEAK_FLOPS", "CpuInfo", "cpu_info", "measure_matmul_flops", "measured_cpu_flops",
+    "cpu_peak_flops", "peak_flops_for_kind",
     "peak_flops_per_device", "mfu", "train_flops_per_step", "Throughput", "to_scalars", "MetricsWriter", "read_jsonl",
     "format_duration", "format_progress", "ConsoleProgress", "progress_bar",
 ]

@@ -63,14 +63,61 @@ def _shift_right(x_bn: jnp.ndarray, k: int, fill) -> jnp.ndarray:
     return jnp.concatenate([pad, x_bn], axis=1)[:, : n + 1]
 
 
-def _space_like(tokens_bn: jnp.ndarray) -> jnp.ndarray:
+def _space_like(tokens: jnp.ndarray) -> jnp.ndarray:
     """The official "space-like" byte predicate (specials count as space-like too: c < '0')."""
-    c = tokens_bn - OFFSET
+    c = tokens - OFFSET
     return ((c < ord("0"))
             | ((c > ord("9")) & (c < ord("A")))
             | ((c > ord("Z")) & (c < ord("a")))
             | ((c > ord("z")) & (c < 0x80))
             | (c >= 0xC0))
+
+
+def rule_start(pcfg: PatcherConfig, j, h_prev=None, h_prev2=None, tok_prev=None, tok_prev2=None) -> jnp.ndarray:
+    """The patch-start rule at position ``j`` (spec §3.1), before ``max_patch_length`` splits and the
+    row-length mask; element-wise, so it serves the batched patcher (``[B, N+1]`` arrays of shifted
+    values) and the incremental decoder (scalars) alike.  Causal: it reads only ``H_{j-1}``
+    (``h_prev``), ``H_{j-2}``, ``x_{j-1}`` (``tok_prev``) and ``x_{j-2}``; positions 0 and 1 always start.
+
+    * ``byte``: every position; ``static``: every multiple of ``int(patch_size)`` (official layout);
+    * ``space``: ``j >= 2`` iff ``x_{j-1}`` is space-like and ``x_{j-2}`` is not, or ``x_{j-1}`` is a special;
+    * ``entropy`` with a threshold: global ``H_{j-1} > threshold`` (``j >= 2``); ``monotonicity``: position
+      2, then ``H_{j-1} - H_{j-2} > threshold`` (``j >= 3``); ``threshold_add``: position 2, never 3, then
+      both tests (``j >= 4``).
+    ``bpe`` and fixed-count entropy (``threshold=None``) depend on the whole row: see :func:`patch_start_mask`.
+    """
+    always = j <= 1
+    mode = pcfg.mode
+    if mode == "byte":
+        return jnp.ones_like(always)
+    if mode == "static":
+        return j % int(pcfg.patch_size) == 0
+    if mode == "space":
+        ends = (_space_like(tok_prev) & ~_space_like(tok_prev2)) | (tok_prev < OFFSET)  # x_{j-1} closes a patch
+        return always | ((j >= 2) & ends)
+    if mode == "entropy" and pcfg.threshold is not None:
+        h1 = jnp.asarray(h_prev, jnp.float32)
+        h2 = jnp.asarray(h_prev2, jnp.float32)
+        if pcfg.monotonicity:
+            rest = (j == 2) | ((j >= 3) & (h1 - h2 > pcfg.threshold))
+        elif pcfg.threshold_add is not None:
+            rest = (j == 2) | ((j >= 4) & (h1 - h2 > pcfg.threshold_add) & (h1 > pcfg.threshold))
+        else:
+            rest = (j >= 2) & (h1 > pcfg.threshold)
+        return always | rest
+    raise ValueError(f"patching mode {mode!r} (threshold {pcfg.threshold}) has no position-wise start rule")
+
+
+def training_static_start(j, patch_size: int) -> jnp.ndarray:
+    """The training layout of static patching, ``[1, ps, ps, ...]``: position 0, then 1, 1+ps, 1+2ps..."""
+    return (j == 0) | ((j >= 1) & ((j - 1) % patch_size == 0))
+
+
+def model_rule_start(pcfg: PatcherConfig, j, h_prev=None, h_prev2=None, tok_prev=None, tok_prev2=None):
+    """:func:`rule_start` as a BLT is trained and decoded (static mode: :func:`training_static_start`)."""
+    if pcfg.mode == "static":
+        return training_static_start(j, int(pcfg.patch_size))
+    return rule_start(pcfg, j, h_prev, h_prev2, tok_prev, tok_prev2)
 
 
 def _fixed_count_starts(ent_bn: jnp.ndarray, seq_b: jnp.ndarray, patch_size: float) -> jnp.ndarray:
@@ -130,15 +177,11 @@ def patch_start_mask(
     always = idx <= 1
     mode = pcfg.mode
 
-    if mode == "byte":
-        cand = jnp.ones((b, n + 1), bool)
-    elif mode == "static":
-        cand = jnp.broadcast_to(idx % int(pcfg.patch_size) == 0, (b, n + 1))
+    if mode == "byte" or mode == "static":
+        cand = jnp.broadcast_to(rule_start(pcfg, idx), (b, n + 1))
     elif mode == "space":
-        sl = _space_like(tokens_bn.astype(jnp.int32))
-        prev_sl = jnp.concatenate([jnp.zeros((b, 1), bool), sl[:, :-1]], axis=1)
-        ends = (sl & ~prev_sl) | (tokens_bn < OFFSET)  # byte i closes its patch
-        cand = always | ((idx >= 2) & _shift_right(ends, 1, False))
+        toks = tokens_bn.astype(jnp.int32)
+        cand = rule_start(pcfg, idx, tok_prev=_shift_right(toks, 1, 0), tok_prev2=_shift_right(toks, 2, 0))
     elif mode == "bpe":
         delim = tokens_bn == BPE_ID
         cand = always | ((idx >= 2) & _shift_right(delim, 1, False) & (idx <= seq_b[:, None] - 1))
@@ -150,16 +193,8 @@ def patch_start_mask(
             raise ValueError(f"entropies_bn must have shape {(b, n)}, got {ent.shape}")
         if pcfg.threshold is None:
             cand = always | _fixed_count_starts(ent, seq_b, float(pcfg.patch_size))
-        else:
-            h1 = _shift_right(ent, 1, 0.0)  # H_{j-1} at position j
-            h2 = _shift_right(ent, 2, 0.0)  # H_{j-2} at position j
-            if pcfg.monotonicity:
-                rest = (idx == 2) | ((idx >= 3) & (h1 - h2 > pcfg.threshold))
-            elif pcfg.threshold_add is not None:
-                rest = (idx == 2) | ((idx >= 4) & (h1 - h2 > pcfg.threshold_add) & (h1 > pcfg.threshold))
-            else:
-                rest = (idx >= 2) & (h1 > pcfg.threshold)
-            cand = always | rest
+        else:  # H_{j-1}, H_{j-2} at position j
+            cand = rule_start(pcfg, idx, h_prev=_shift_right(ent, 1, 0.0), h_prev2=_shift_right(ent, 2, 0.0))
     else:  # pragma: no cover - validate() rejects unknown modes
         raise ValueError(f"unknown patching mode {mode!r}")
     return cand & in_row
@@ -237,8 +272,7 @@ def patch_lengths(
 
 def static_training_starts(n: int, patch_size: int) -> jnp.ndarray:
     """Start flags ``bool [N+1]`` of ``[1, ps, ps, ..., rest]``: position 0, then 1, 1+ps, 1+2ps..."""
-    idx = jnp.arange(n + 1)
-    return (idx == 0) | ((idx >= 1) & ((idx - 1) % patch_size == 0))
+    return training_static_start(jnp.arange(n + 1), patch_size)
 
 
 def model_start_mask(pcfg: PatcherConfig, tokens_bn: jnp.ndarray, entropies_bn: Optional[jnp.ndarray] = None,
@@ -318,5 +352,6 @@ def global_patch_tokens(tokens_bn: jnp.ndarray, patch_ids_bn: jnp.ndarray, n_pat
     return jnp.where(hits[:, :n_patches] > 0, eos_id, BOE_ID).astype(jnp.int32)
 
 
-__all__ = ["entropies_from_logits", "patch_start_mask", "lengths_from_starts", "patch_lengths",
+__all__ = ["entropies_from_logits", "rule_start", "training_static_start", "model_rule_start", "patch_start_mask",
+           "lengths_from_starts", "patch_lengths", "static_training_starts", "model_start_mask", "model_patch_lengths",
            "patch_ids_from_lengths", "decoder_patch_ids", "trim_lengths", "global_patch_tokens"]

@@ -1,4 +1,8 @@
-"""Load a pretrained BLT (official release, Hugging Face, or bltjax) and run it: patch, entropies, logits.
+"""Turn any checkpoint directory into a model, and run a loaded BLT: patch, entropies, logits.
+
+This module is the one place that reads a directory into ``(config, params, entropy params)``:
+``load_pretrained`` (a BLT, as :class:`Pretrained`), ``open_checkpoint`` (a BLT and/or entropy model,
+as :class:`LoadedCheckpoint`, for the tools) and ``load_entropy_model`` (just the entropy model).
 
     model = bltjax.load_pretrained("hf-weights/blt_1b")      # entropy_model/ beside or inside
     lengths = model.patch(tokens)                            # int32 [B, P]
@@ -11,7 +15,10 @@ Layouts (detected from the files present):
 * **hub-mixin** (``facebook/blt-1b`` style): ``config.json`` = ``{"args": ...}``, ``train_args.json``
   (the params.json) and ``model.safetensors`` with official key names;
 * **hf**: a ``transformers`` ``BltForCausalLM`` directory (``config.json`` with ``model_type: "blt"``);
-* **bltjax**: a directory written by ``python -m bltjax.convert`` (``params/`` + ``metadata/``).
+* **bltjax**: a directory written by ``python -m bltjax.convert`` (``params/`` + ``metadata/``);
+* **workdir**: a ``python -m bltjax.train`` run directory (``bltjax.workdir``), newest checkpoint;
+* **entropy-only**: a release ``entropy_model/`` (``train_entropy_model: true``) or an entropy-model
+  training run (``open_checkpoint`` / ``load_entropy_model`` only).
 
 Inference follows the checkpoint's conventions: official checkpoints patch with
 ``include_next_token=True`` (lengths sum to N + 1, like the official generation path), HF checkpoints
@@ -23,17 +30,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bltjax.config import BLTConfig, TransformerConfig
+from bltjax import workdir as workdir_lib
+from bltjax.config import BLTConfig, PatcherConfig, TransformerConfig
 from bltjax.io import hf as hf_io
 from bltjax.io import release
 from bltjax.io.safetensors_np import load_safetensors_dir
 from bltjax.io.torch_pth import load_torch_pth
+from bltjax.padding import bucket
+from bltjax.storage import stage_dir, stage_local
 
 FORMAT = "bltjax"
 FORMAT_VERSION = 1
@@ -45,16 +56,6 @@ PathLike = Union[str, pathlib.Path]
 # ----------------------------------------------------------------------------------------------
 # The loaded model
 # ----------------------------------------------------------------------------------------------
-
-
-def _bucket(n: int, cap: int, smallest: int = 16) -> int:
-    """Next power of two >= n (at least ``smallest``), capped at ``cap`` (never below n): inputs of
-    similar size share one compiled program."""
-    b = smallest
-    while b < n:
-        b *= 2
-    return max(n, min(b, cap))
-
 
 
 @dataclasses.dataclass(eq=False)
@@ -170,7 +171,7 @@ class Pretrained:
         whose global state nothing reads (spec §8, §10).
         """
         b, n = toks.shape
-        width = _bucket(n, self.config.max_encoder_seq_length) if self._can_pad else n
+        width = bucket(n, cap=self.config.max_encoder_seq_length) if self._can_pad else n
         out = np.zeros((b, width), np.int32)
         out[:, :n] = np.where(np.arange(n)[None, :] < n_b[:, None], toks, 0)
         return out
@@ -206,21 +207,18 @@ class Pretrained:
         patched on its own (rows sum to their own length + 1).
         """
         from bltjax import patcher
+        from bltjax.model import blt
 
         toks = self.check_tokens(tokens)
         n_b = self._check_row_lengths(lengths, *toks.shape)
         toks_p = self._pad_tokens(toks, n_b)
-        pcfg = self._patcher_cfg()
-        if self.patching_mode == "entropy":
-            ent = self._entropies_padded(toks_p)
-            fn = self._fn("lengths_e", lambda: jax.jit(lambda t, e, nb: patcher.patch_lengths(
-                pcfg, t, e, include_next_token=True, lengths_b=nb)[0]))
-            out = fn(jnp.asarray(toks_p), ent, jnp.asarray(n_b))
-        else:  # static: the training layout [1, ps, ps, ..., rest] (patcher.model_start_mask), never cut
-            static = self.patching_mode == "static"
-            fn = self._fn("lengths", lambda: jax.jit(lambda t, nb: patcher.model_patch_lengths(
-                pcfg, t, lengths_b=nb, max_patches=t.shape[1] + 1 if static else None)[0]))
-            out = fn(jnp.asarray(toks_p), jnp.asarray(n_b))
+        cfg, pcfg = self.config, self._patcher_cfg()
+        # static mode: the training layout [1, ps, ps, ..., rest] (patcher.model_start_mask), never cut
+        max_patches = toks_p.shape[1] + 1 if self.patching_mode == "static" else None
+        ent = self._entropies_padded(toks_p) if self.patching_mode == "entropy" else None
+        fn = self._fn("lengths", lambda: jax.jit(lambda t, e, nb: blt.patch_lengths(
+            cfg, None, t, entropies_bn=e, patcher_cfg=pcfg, max_patches=max_patches, lengths_b=nb)[0]))
+        out = fn(jnp.asarray(toks_p), ent, jnp.asarray(n_b))
         out = patcher.trim_lengths(np.asarray(out)).astype(np.int32)
         if self.hf_convention:
             out = hf_io.hf_patch_lengths(out, self.config.patcher.max_patch_length)
@@ -241,7 +239,7 @@ class Pretrained:
         plen = self.patch(toks, n_b) if patch_lengths is None else patch_lengths
         plen = self._check_lengths(plen, n_b)
         p = plen.shape[1]
-        plen = np.pad(plen, [(0, 0), (0, _bucket(p, max(p, self.config.max_seqlen + 1), 32) - p)])
+        plen = np.pad(plen, [(0, 0), (0, bucket(p, 32, cap=max(p, self.config.max_seqlen + 1)) - p)])
         cfg = self.config
         fn = self._fn("logits", lambda: jax.jit(lambda prm, t, ln: blt.forward(prm, cfg, t, ln)))
         out = np.asarray(fn(self.params, jnp.asarray(self._pad_tokens(toks, n_b)), jnp.asarray(plen)),
@@ -265,14 +263,14 @@ class Pretrained:
 def detect_layout(path: PathLike) -> str:
     """``"bltjax"``, ``"workdir"`` (a ``bltjax.train`` run), ``"hf"``, ``"hub-mixin"`` or ``"release"``;
     a clear error otherwise."""
-    path = pathlib.Path(path)
+    path = workdir_lib.resolve(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
     if not path.is_dir():
         raise ValueError(f"expected a checkpoint directory, got a file: {path}")
     if (path / "params").is_dir() and (path / "metadata").exists():
         return "bltjax"
-    if (path / "config.json").is_file() and (path / "checkpoints").is_dir():
+    if workdir_lib.is_workdir(path):
         return "workdir"
     if (path / "config.json").is_file():
         cfg = json.loads((path / "config.json").read_text())
@@ -291,7 +289,7 @@ def detect_layout(path: PathLike) -> str:
 def _find_release_weights(directory: pathlib.Path) -> pathlib.Path:
     for candidate in (directory / "consolidated" / "consolidated.pth", directory / "consolidated.pth"):
         if candidate.is_file():
-            return candidate
+            return stage_local(candidate, what="release weights")
     raise FileNotFoundError(f"{directory}: missing consolidated.pth (looked for consolidated/consolidated.pth "
                             f"and consolidated.pth)")
 
@@ -311,13 +309,13 @@ def _load_entropy_dir(directory: pathlib.Path, official_realtime: bool, dtype: A
     except FileNotFoundError:
         if not any(directory.glob("*.safetensors")):  # hub-mixin entropy models ship safetensors
             raise
-        sd = load_safetensors_dir(directory)
+        sd = load_safetensors_dir(stage_dir(directory, what="entropy model"))
     return ecfg, release.state_dict_to_params(sd, ecfg, dtype)
 
 
 def _entropy_dir(path: pathlib.Path, override: Optional[PathLike]) -> pathlib.Path:
     if override is not None:
-        d = pathlib.Path(override)
+        d = workdir_lib.resolve(override)
         if not (d / "params.json").is_file():
             raise FileNotFoundError(f"entropy model directory {d}: missing params.json")
         return d
@@ -350,20 +348,16 @@ def _to_device(tree: Optional[dict]) -> Optional[dict]:
 
 def _load_workdir(path: pathlib.Path, entropy_model_dir: Optional[PathLike]):
     """The newest checkpoint of a ``bltjax.train`` workdir (and its frozen entropy model, if any)."""
-    from bltjax.train import load_run
-
-    tcfg, params, _ = load_run(path)
+    tcfg, params, _ = workdir_lib.load_run(path)
     if tcfg.train_entropy_model:
         raise ValueError(f"{path} is an entropy-model training run; use it as --entropy-model of "
-                         f"bltjax.patching / bltjax.eval, or as entropy_model_checkpoint of a BLT run")
+                         f"bltjax.entropy_tools / bltjax.eval, or as entropy_model_checkpoint of a BLT run")
     cfg = tcfg.resolved_model()
     entropy = None
     if cfg.patcher.mode == "entropy":
         src = entropy_model_dir or tcfg.entropy_model_checkpoint
         if src is None:
             raise ValueError(f"{path}: entropy patching but the run names no entropy_model_checkpoint")
-        from bltjax.patching import load_entropy_model
-
         em = load_entropy_model(src)
         entropy = em.params
         if cfg.entropy_model is None:
@@ -376,8 +370,8 @@ def _load_workdir(path: pathlib.Path, entropy_model_dir: Optional[PathLike]):
 def read_checkpoint(path: PathLike, *, official_realtime: bool = False, param_dtype: str = "float32",
                     entropy_model_dir: Optional[PathLike] = None) -> tuple[str, BLTConfig, dict, Optional[dict]]:
     """Host-side load: ``(layout, config, blt params, entropy params or None)`` as numpy trees."""
-    path = pathlib.Path(path)
-    layout = detect_layout(path)
+    path = workdir_lib.resolve(path)  # gs://...: bltjax checkpoints and workdirs are read in place, other
+    layout = detect_layout(path)      # layouts' weight files are staged to the local cache first
     dtype = param_dtype
     if layout == "release":
         cfg, params, entropy = _load_release(
@@ -385,10 +379,11 @@ def read_checkpoint(path: PathLike, *, official_realtime: bool = False, param_dt
             official_realtime=official_realtime, entropy_model_dir=entropy_model_dir, dtype=dtype)
     elif layout == "hub-mixin":
         cfg, params, entropy = _load_release(
-            path, _read_json(path / "train_args.json"), lambda: load_safetensors_dir(path),
+            path, _read_json(path / "train_args.json"),
+            lambda: load_safetensors_dir(stage_dir(path, what="checkpoint")),
             official_realtime=official_realtime, entropy_model_dir=entropy_model_dir, dtype=dtype)
     elif layout == "hf":
-        cfg, bundle = hf_io.read_hf_dir(path, dtype)
+        cfg, bundle = hf_io.read_hf_dir(stage_dir(path, what="checkpoint"), dtype)
         params, entropy = bundle["blt"], bundle.get("entropy")
     elif layout == "workdir":
         cfg, params, entropy = _load_workdir(path, entropy_model_dir)
@@ -422,7 +417,104 @@ def load_pretrained(path: PathLike, *, official_realtime: bool = False, param_dt
     layout, cfg, params, entropy = read_checkpoint(path, official_realtime=official_realtime,
                                                    param_dtype=param_dtype, entropy_model_dir=entropy_model_dir)
     return Pretrained(config=cfg, params=_to_device(params), entropy_params=_to_device(entropy),
-                      source=layout, path=pathlib.Path(path))
+                      source=layout, path=workdir_lib.resolve(path))
 
 
-__all__ = ["Pretrained", "load_pretrained", "read_checkpoint", "detect_layout", "FORMAT", "FORMAT_VERSION"]
+# ----------------------------------------------------------------------------------------------
+# Any checkpoint for the tools: a BLT and/or an entropy model
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LoadedCheckpoint:
+    """What the tools need from a checkpoint directory (see ``open_checkpoint``).
+
+    ``config`` / ``params``: the BLT (None for an entropy-only checkpoint); ``entropy_config`` /
+    ``entropy_params``: the entropy model (None if absent); ``patcher``: the patcher settings stored
+    with the checkpoint (the BLT's ``config.patcher``, else the release's ``patcher_args``).
+    """
+
+    path: str
+    config: Optional[BLTConfig]
+    params: Any
+    entropy_config: Optional[TransformerConfig]
+    entropy_params: Any
+    patcher: PatcherConfig
+
+    @property
+    def is_blt(self) -> bool:
+        return self.config is not None and self.params is not None
+
+
+def _is_entropy_only_release(p: pathlib.Path) -> bool:
+    try:
+        return bool(_read_json(p / "params.json").get("train_entropy_model"))
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def _entropy_training_run(path: pathlib.Path, mesh: Any = None) -> Optional[LoadedCheckpoint]:
+    """The newest checkpoint of a workdir that trained an entropy model (restored onto ``mesh``), else None."""
+    if not workdir_lib.is_workdir(path) or not workdir_lib.read_config(path).train_entropy_model:
+        return None
+    tcfg, params, _ = workdir_lib.load_run(path, mesh=mesh)
+    return LoadedCheckpoint(path=str(path), config=None, params=None, entropy_config=tcfg.model.entropy_model,
+                            entropy_params=params, patcher=tcfg.model.patcher)
+
+
+def open_checkpoint(path: PathLike) -> LoadedCheckpoint:
+    """Load any checkpoint: what ``load_pretrained`` reads, an entropy-only release directory, or an
+    entropy-model training run."""
+    p = workdir_lib.resolve(path)
+    if not p.exists():
+        raise ValueError(f"checkpoint {str(path)!r} does not exist")
+    run = _entropy_training_run(p)
+    if run is not None:
+        return run
+    if _is_entropy_only_release(p):
+        ecfg, params = _load_entropy_dir(p, False, "float32")
+        return LoadedCheckpoint(path=str(p), config=None, params=None, entropy_config=ecfg,
+                                entropy_params=_to_device(params),
+                                patcher=release.patcher_config_from_params_json(_read_json(p / "params.json")))
+    pre = load_pretrained(p)
+    if not pre.params:  # an entropy-only bundle wrapped in a BLTConfig
+        return LoadedCheckpoint(path=str(p), config=None, params=None, entropy_config=pre.config.entropy_model,
+                                entropy_params=pre.entropy_params, patcher=pre.config.patcher)
+    return LoadedCheckpoint(path=str(p), config=pre.config, params=pre.params,
+                            entropy_config=pre.config.entropy_model, entropy_params=pre.entropy_params,
+                            patcher=pre.config.patcher)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EntropyModel:
+    """An entropy model ready to score bytes: parameters, its config, and the stored patcher config."""
+
+    params: Any
+    config: TransformerConfig
+    patcher: PatcherConfig
+    path: str = ""
+
+
+def load_entropy_model(path: PathLike, mesh: Any = None) -> EntropyModel:
+    """The entropy model of a checkpoint directory (entropy-only, or a BLT that carries one).
+
+    With a ``mesh`` the parameters are placed on it with the rules table's shardings (an entropy-model
+    training run is restored straight onto it); without, they are on the default device.
+    """
+    p = workdir_lib.resolve(path)
+    ck = _entropy_training_run(p, mesh) if p.exists() else None
+    if ck is None:
+        ck = open_checkpoint(p)
+        if mesh is not None and ck.entropy_params is not None:
+            from bltjax import sharding
+
+            host = jax.tree.map(np.asarray, ck.entropy_params)  # every process holds the same host copy
+            ck = dataclasses.replace(ck, entropy_params=jax.device_put(host, sharding.param_shardings(host, mesh)))
+    if ck.entropy_params is None or ck.entropy_config is None:
+        raise ValueError(f"{path}: no entropy model found in this checkpoint (need an entropy-model "
+                         "directory, e.g. a release's entropy_model/, or a BLT checkpoint that includes one)")
+    return EntropyModel(params=ck.entropy_params, config=ck.entropy_config, patcher=ck.patcher, path=ck.path)
+
+
+__all__ = ["Pretrained", "load_pretrained", "read_checkpoint", "detect_layout", "FORMAT", "FORMAT_VERSION",
+           "LoadedCheckpoint", "open_checkpoint", "EntropyModel", "load_entropy_model"]

@@ -110,7 +110,8 @@ def logical_to_spec(axes: Sequence[Optional[str]], rules: Rules = LOGICAL_AXIS_R
                     mesh_shape: Optional[Mapping[str, int]] = None) -> PartitionSpec:
     """Resolve logical axis names to a ``PartitionSpec`` (one entry per dimension).
 
-    ``None`` as a logical name means "replicated", :data:`UNCONSTRAINED` "the compiler chooses".  With ``mesh_shape`` (axis name -> size) given,
+    ``None`` as a logical name means "replicated", :data:`UNCONSTRAINED` "the compiler chooses".
+    With ``mesh_shape`` (axis name -> size) given,
     mesh axes of size 1 or missing from the mesh are dropped; with ``shape`` too, options that do
     not divide the dimension are skipped.  Without them only the "no mesh axis twice" rule applies.
     """
@@ -438,7 +439,8 @@ def shard_batch(local_batch: Any, mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES)
 
 __all__ = [
     "MESH_AXES", "LOGICAL_AXIS_RULES", "MeshConfig", "make_mesh", "logical_to_spec", "param_logical_axes",
-    "param_partition_specs", "param_shardings", "abstract_params", "is_axes_leaf", "constrain", "constrain_rows", "UNCONSTRAINED",
+    "param_partition_specs", "param_shardings", "abstract_params", "is_axes_leaf", "constrain", "constrain_rows",
+    "UNCONSTRAINED",
     "batch_spec", "batch_sharding", "shard_batch", "BLT_PARAM_AXES", "ENTROPY_PARAM_AXES",
     "BUNDLE_PARAM_AXES",
 ]

@@ -6,7 +6,8 @@ so any byte string (including invalid UTF-8) round-trips exactly through ``encod
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence, Union
+from collections.abc import Iterable, Sequence
+from typing import Optional, Union
 
 import numpy as np
 
@@ -44,6 +45,11 @@ def encode(data: TextLike, add_bos: bool = True, add_eos: bool = False) -> np.nd
     if add_eos:
         parts.append(np.array([EOS_ID], np.int32))
     return np.concatenate(parts).astype(np.int32)
+
+
+def encode_document(doc: bytes) -> np.ndarray:
+    """``[BOS] (bytes + 4) [EOS]`` as int32: a training document (the one document encoding)."""
+    return encode(doc, add_bos=True, add_eos=True)
 
 
 def _as_1d_ids(ids: Union[Sequence[int], np.ndarray]) -> np.ndarray:
@@ -115,5 +121,5 @@ def check_tokens(tokens, max_len: Optional[int] = None) -> None:
                 f"(PAD_ID={PAD_ID} must be replaced before feeding a model)")
 
 
-__all__ = ["BOE_ID", "BOS_ID", "EOS_ID", "BPE_ID", "OFFSET", "PAD_ID", "VOCAB_SIZE", "encode", "decode",
-           "decode_text", "encode_batch", "check_tokens"]
+__all__ = ["BOE_ID", "BOS_ID", "EOS_ID", "BPE_ID", "OFFSET", "PAD_ID", "VOCAB_SIZE", "encode", "encode_document",
+           "decode", "decode_text", "encode_batch", "check_tokens"]

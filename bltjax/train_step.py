@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bltjax import patcher, sharding
-from bltjax.config import BLTConfig, PatcherConfig
+from bltjax import sharding
+from bltjax.config import BLTConfig
 from bltjax.model import blt, entropy_model
 from bltjax.optim import accumulate_gradients, cross_entropy_loss, make_optimizer, make_schedule
 from bltjax.train_config import TrainConfig
@@ -63,12 +64,6 @@ def max_patches_for(model: BLTConfig, seq_len: int) -> int:
     return max(2, min(n + 1, -(-2 * n // max(1, int(pcfg.patch_size))) + 2, cap))
 
 
-def training_patch_lengths(pcfg: PatcherConfig, tokens_bn: jax.Array, entropies_bn: Optional[jax.Array],
-                           max_patches: int) -> tuple[jax.Array, jax.Array]:
-    """Patch lengths ``int32 [B, max_patches]`` (rows sum to ``N + 1``, first patch 1) and overflow ``[B]``."""
-    return patcher.model_patch_lengths(pcfg, tokens_bn, entropies_bn, max_patches=max_patches)
-
-
 def patch_batch(cfg: TrainConfig, tokens_bn: jax.Array, entropy_params: Any = None,
                 entropies_bn: Optional[jax.Array] = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Patch lengths for a BLT batch plus patch statistics (sums, for token-weighted accumulation).
@@ -77,16 +72,9 @@ def patch_batch(cfg: TrainConfig, tokens_bn: jax.Array, entropy_params: Any = No
     (``entropy_params``, ``model.entropy_model``) under ``stop_gradient``.
     """
     model = cfg.model
-    pcfg = model.patcher
     tokens_bn = sharding.constrain(tokens_bn, ("act_batch", "act_len"))
-    if pcfg.mode == "entropy" and entropies_bn is None:
-        if entropy_params is None or model.entropy_model is None:
-            raise ValueError("entropy patching needs the entropy model (model.entropy_model and its params)")
-        entropies_bn = entropy_model.compute_entropies(jax.lax.stop_gradient(entropy_params), model.entropy_model,
-                                                       pcfg, tokens_bn, attention_impl=model.attention_impl)
-    if entropies_bn is not None:
-        entropies_bn = jax.lax.stop_gradient(entropies_bn.astype(jnp.float32))
-    lengths, overflow = training_patch_lengths(pcfg, tokens_bn, entropies_bn, max_patches_for(model, cfg.seq_len))
+    lengths, overflow = blt.patch_lengths(model, entropy_params, tokens_bn, entropies_bn=entropies_bn,
+                                          max_patches=max_patches_for(model, cfg.seq_len))
     lengths = sharding.constrain(lengths, ("act_batch", "act_patches"))
     stats = {
         "n_patches_sum": jnp.sum(lengths > 0).astype(jnp.float32),
@@ -246,7 +234,7 @@ def make_steps(cfg: TrainConfig, mesh: Mesh, entropy_params_abstract: Any = None
 
 
 __all__ = [
-    "max_patches_for", "training_patch_lengths", "patch_batch", "logits_fn",
+    "max_patches_for", "patch_batch", "logits_fn",
     "make_loss_fn", "summarize", "init_params", "init_state", "train_step", "eval_step", "state_shardings",
     "with_shardings", "Steps", "make_steps",
 ]

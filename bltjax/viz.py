@@ -1,7 +1,7 @@
 """Pictures of entropy patching (paper Figure 4 style) and of evaluation reports.
 
 Pure host-side code (numpy + matplotlib, Agg backend); nothing here runs a model.  The data to draw
-comes from ``bltjax.patching.patch_plot_data`` (entropies, scores, boundaries) and
+comes from ``bltjax.entropy_tools.patch_plot_data`` (entropies, scores, boundaries) and
 ``bltjax.eval`` (per-file rows).
 
 Byte labels.  Every token position gets a short label for the x axis: a UTF-8 character is written
@@ -20,7 +20,8 @@ import html
 import pathlib
 import re
 import unicodedata
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -42,7 +43,7 @@ FIG_HEIGHT_IN = 3.4
 
 @dataclasses.dataclass(frozen=True)
 class PatchPlotData:
-    """Everything a patching figure shows; returned by ``bltjax.patching.patch_plot_data``.
+    """Everything a patching figure shows; returned by ``bltjax.entropy_tools.patch_plot_data``.
 
     ``entropies[i]`` is the entropy model's H_i (natural log, uncertainty about token i+1).
     ``scores[j]`` is the number the patcher compares with ``threshold`` to decide whether position
@@ -328,7 +329,8 @@ body { font-family: "DejaVu Sans", "Noto Sans", sans-serif; margin: 1.5em; color
         line-height: 1.9; font-size: 15px; }
 .patch { border-radius: 3px; padding: 1px 0; margin-right: 1px; }
 .patch.p0 { background: #d6e2f3; } .patch.p1 { background: #f6dcc8; }
-.hex { color: #a00; font-size: 80%; } .special { color: #666; font-size: 75%; } .ws { color: #888; } .cont { color: #999; }
+.hex { color: #a00; font-size: 80%; } .special { color: #666; font-size: 75%; }
+.ws { color: #888; } .cont { color: #999; }
 .bar.p0 { fill: #4C72B0; } .bar.p1 { fill: #DD8452; }
 .boundary { stroke: #555; stroke-dasharray: 2 2; } .threshold { stroke: #C44E52; stroke-dasharray: 5 3; }
 .chart { overflow-x: auto; border: 1px solid #eee; padding: 4px; }

@@ -4,10 +4,9 @@ Launch (Colab: Runtime -> GPU; then in a cell)::
 
     !pip install -q "jax[cuda13]==0.12.0.1" && pip install -q -e .        # or: pip install -e .[cuda]
     !python -m bltjax.train --config experiments/colab_gpu.py --workdir /content/runs/colab_gpu
-    # Tiny Shakespeare instead of the embedded corpus:
-    !wget -q https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
+    # Tiny Shakespeare instead of the embedded corpus (downloaded once into ~/.cache/bltjax/data):
     !python -m bltjax.train --config experiments/colab_gpu.py --set data.source=text \
-        --set data.path=input.txt --set data.split_rule=stream
+        --set data.path=fetch:tinyshakespeare --set data.split_rule=stream
 
 Model: local encoder/decoder 256 wide (1 + 4 layers, 4 heads), global 512 wide x 6 layers (8 heads)
 on static 4-byte patches (k=2), 6 hash tables of 65521 rows; rows of 1024 bytes, batch 32 (32 KiB per

@@ -6,4 +6,4 @@ Expected: a 1.7M-parameter BLT (1.05M of it hash embeddings) on the embedded std
           down to ~2.3 (train) and val_bpb 2.42 / 1.86 / 1.74 at steps 100 / 200 / 300.
 """
 
-from bltjax.experiments_default import get_config, model_config  # noqa: F401
+from bltjax.configs.default import get_config, model_config  # noqa: F401

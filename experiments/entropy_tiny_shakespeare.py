@@ -1,17 +1,18 @@
 """Entropy model (small byte LM) on Tiny Shakespeare, for entropy patching of a BLT.
 
-Launch (the data path defaults to ../shared/corpora/tinyshakespeare/input.txt relative to the
-repository root, resolved from this file; override with --set data.path=...):
+Launch (the corpus is downloaded on first use into the data cache, see ``python -m bltjax.data.fetch``;
+point at a local copy with ``--set data.path=PATH/input.txt``):
 
     python -m bltjax.train --config experiments/entropy_tiny_shakespeare.py       # ./runs/entropy_tiny_shakespeare
 
 Model: ``model.entropy_model`` = 4 layers x 128 wide, 4 heads, sliding window 512 (spec §2), trained on
 rows of 512 bytes (the window), batch 8 (4 KiB per step), 1000 steps; 0.92M parameters, ~6.9 MFLOPs per
-byte.  Same pipeline, sharding, checkpoints and metrics as BLT training.  The finished workdir is a valid ``entropy_model_checkpoint``; pick a threshold for a target
-mean patch size, then train a BLT that patches with it::
+byte.  Same pipeline, sharding, checkpoints and metrics as BLT training.  The finished workdir is a
+valid ``entropy_model_checkpoint``; pick a threshold for a target mean patch size, then train a BLT
+that patches with it::
 
-    python -m bltjax.patching calibrate --entropy-model runs/entropy_tiny_shakespeare \
-        --data ../shared/corpora/tinyshakespeare/input.txt --target-bytes-per-patch 4 \
+    python -m bltjax.entropy_tools calibrate --entropy-model runs/entropy_tiny_shakespeare \
+        --data fetch:tinyshakespeare --target-bytes-per-patch 4 \
         --seq-len 256 --sample-bytes 1000000      # the BLT's row length; the training split only
     python -m bltjax.train --config experiments/tiny_shakespeare.py --workdir runs/ts_entropy \
         --set model.patcher.mode=entropy --set model.patcher.threshold=<calibrated> \
@@ -25,14 +26,12 @@ patch (target 4, within 2.6 %) and reaches val bits per byte 2.19 on the trainer
 sample, 2.30 on the whole split (README, "Patching").
 """
 
-import pathlib
-
 from bltjax.config import BLTConfig, TransformerConfig
 from bltjax.data import DataConfig
 from bltjax.sharding import MeshConfig
 from bltjax.train_config import CheckpointConfig, OptimConfig, TrainConfig
 
-DATA = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "corpora" / "tinyshakespeare" / "input.txt"
+DATA = "fetch:tinyshakespeare"  # downloaded once into $BLTJAX_DATA_DIR (default ~/.cache/bltjax/data)
 
 
 def get_config() -> TrainConfig:
@@ -41,7 +40,7 @@ def get_config() -> TrainConfig:
         name="entropy_tiny_shakespeare",
         model=BLTConfig(entropy_model=entropy),  # only model.entropy_model is built and trained
         train_entropy_model=True,
-        data=DataConfig(source="text", path=str(DATA), split_rule="stream", val_fraction=0.1),
+        data=DataConfig(source="text", path=DATA, split_rule="stream", val_fraction=0.1),
         optim=OptimConfig(lr=2e-3, warmup_steps=100, weight_decay=0.01, lr_min_ratio=0.05),
         checkpoint=CheckpointConfig(every=500, keep_latest=2),
         mesh=MeshConfig(),

@@ -1,7 +1,8 @@
 """Tiny Shakespeare (1.1 MB of text), BLT with static 4-byte patches, sized for a 2-core CPU.
 
-Launch (from the repository root; the data path defaults to ../shared/corpora/tinyshakespeare/input.txt
-relative to the repository, resolved from this file, override with --set data.path=...):
+Launch (from the repository root).  The corpus is downloaded on first use into the data cache
+(``python -m bltjax.data.fetch tinyshakespeare``; ``$BLTJAX_DATA_DIR``, default ``~/.cache/bltjax/data``);
+point at a local copy with ``--set data.path=PATH/input.txt``:
 
     python -m bltjax.train --config experiments/tiny_shakespeare.py               # workdir ./runs/tiny_shakespeare
 
@@ -18,29 +19,19 @@ held-out text, printed every 250 steps) 2.40 at step 250, 2.23 at 500 (8 min), 2
 1000; the whole run took 13.5 min wall (compile included), train bpb ~1.6 at the end.
 """
 
-import pathlib
-
-from bltjax.config import BLTConfig, PatcherConfig
+from bltjax.configs.default import model_config
 from bltjax.data import DataConfig
 from bltjax.sharding import MeshConfig
 from bltjax.train_config import CheckpointConfig, OptimConfig, TrainConfig
 
-DATA = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "corpora" / "tinyshakespeare" / "input.txt"
+DATA = "fetch:tinyshakespeare"  # downloaded once into $BLTJAX_DATA_DIR (default ~/.cache/bltjax/data)
 
 
 def get_config() -> TrainConfig:
-    model = BLTConfig(
-        dim_local_encoder=64, dim_local_decoder=64, n_layers_local_encoder=1, n_layers_local_decoder=2,
-        n_heads_local_encoder=2, n_heads_local_decoder=2, dim_global=128, n_layers_global=2,
-        n_heads_global=2, cross_attn_k=2, cross_attn_nheads=2, multiple_of=64,
-        encoder_hash_byte_group_size=(3, 4, 5, 6), encoder_hash_byte_group_vocab=4099,
-        local_attention_window_len=256, max_encoder_seq_length=256, max_seqlen=128,
-        patcher=PatcherConfig(mode="static", patch_size=4, threshold=None),
-    )
     return TrainConfig(
         name="tiny_shakespeare",
-        model=model,
-        data=DataConfig(source="text", path=str(DATA), split_rule="stream", val_fraction=0.1),
+        model=model_config(),  # the default experiment's model
+        data=DataConfig(source="text", path=DATA, split_rule="stream", val_fraction=0.1),
         optim=OptimConfig(lr=3e-3, warmup_steps=100, weight_decay=0.1, lr_min_ratio=0.05),
         checkpoint=CheckpointConfig(every=250, keep_latest=2),
         mesh=MeshConfig(),

@@ -19,6 +19,28 @@ import pytest  # noqa: E402
 
 DATA = pathlib.Path(__file__).parent / "data"
 REPO = pathlib.Path(__file__).parent.parent
+# Corpora kept next to the repository (development machines and CI): ../shared, or the nearest
+# ancestor's shared/ (git worktrees one level further down).
+SHARED = next((p / "shared" for p in REPO.resolve().parents if (p / "shared" / "corpora").is_dir()),
+              REPO.parent / "shared")
+
+
+@pytest.fixture(scope="session")
+def shared_corpora() -> pathlib.Path:
+    """``../shared/corpora`` (tiny Shakespeare, UDHR): required in CI (``$CI`` set), else optional."""
+    path = SHARED / "corpora"
+    if not (path / "tinyshakespeare" / "input.txt").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the corpora at {path} (../shared/corpora next to the repository)")
+        pytest.skip(f"corpora not present at {path}")
+    return path
+
+
+@pytest.fixture
+def data_cache(shared_corpora, monkeypatch) -> pathlib.Path:
+    """``$BLTJAX_DATA_DIR`` pointed at ``../shared/corpora``: ``fetch:tinyshakespeare`` resolves offline."""
+    monkeypatch.setenv("BLTJAX_DATA_DIR", str(shared_corpora))
+    return shared_corpora
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from bltjax import sharding as sh
 from bltjax.checkpoint import CheckpointCorruptionWarning, CheckpointManager, load_params, save_params

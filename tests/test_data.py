@@ -14,7 +14,6 @@ from bltjax.data.pipeline import BOS_ID, EOS_ID, PAD_ID, encode_document, make_i
 from bltjax.data.sources import DataError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-SHAKESPEARE = REPO.parent / "shared" / "corpora" / "tinyshakespeare" / "input.txt"
 
 DOCS = [b"hello world", b"a", b"", "caf\u00e9 \u2603 ok".encode(), b"line one\nline two\n",
         b"x" * 37, b"The quick brown fox jumps over the lazy dog."]
@@ -286,10 +285,10 @@ def test_document_split_is_by_content_hash(tmp_path):
     assert all(pipeline.document_fraction(src[d]) < 0.1 for d in va.doc)
 
 
-@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="tiny Shakespeare corpus not present")
-def test_tiny_shakespeare_splits_90_10():
-    cfg = DataConfig(source="text", path=str(SHAKESPEARE))
-    raw = SHAKESPEARE.read_bytes()
+def test_tiny_shakespeare_splits_90_10(data_cache):
+    """The experiments' ``fetch:tinyshakespeare`` path, served from the cache ($BLTJAX_DATA_DIR)."""
+    cfg = DataConfig(source="text", path="fetch:tinyshakespeare")
+    raw = (data_cache / "tinyshakespeare" / "input.txt").read_bytes()
     src, tr = pipeline.stream_index(cfg, "train")
     _, va = pipeline.stream_index(cfg, "validation")
     assert len(src) == 1 and len(raw) == 1_115_394

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from bltjax import eval as ev
-from bltjax import patching, viz
+from bltjax import patcher, pretrained, viz
 from bltjax.config import PatcherConfig, tiny_blt_config
+from bltjax.data import documents
 from bltjax.model import blt
 from bltjax.model import entropy_model as entropy_lm
 from bltjax.patcher import patch_lengths
-from bltjax.train_step import training_patch_lengths
+
 
 def _exact(text: str, n: int) -> bytes:
     """UTF-8 of ``text`` cut at a character boundary and padded with '.' to exactly ``n`` bytes."""
@@ -34,7 +35,8 @@ FILES = [
 ]
 _blt_forward = jax.jit(blt.forward, static_argnums=1)
 _lm_forward = jax.jit(entropy_lm.forward, static_argnums=1)
-_static_lengths = jax.jit(training_patch_lengths, static_argnums=(0, 3))
+_static_lengths = jax.jit(lambda pcfg, t, e, mp: patcher.model_patch_lengths(pcfg, t, e, max_patches=mp),
+                          static_argnums=(0, 3))
 
 
 THETA = 1.5113499164581299  # the fixture's threshold
@@ -48,7 +50,7 @@ def _lm_entropy_lengths(logits, x):
 
 def _windows_manual(docs, seq_len):
     """Independent windowing: the file's stream cut every seq_len tokens, unpadded."""
-    stream = np.concatenate([patching.encode_document(d) for d in docs])
+    stream = np.concatenate([documents.encode_document(d) for d in docs])
     for lo in range(0, len(stream) - 1, seq_len):
         w = stream[lo:lo + seq_len + 1]
         yield w[:-1], w[1:]
@@ -62,7 +64,7 @@ def _ce_sum(logits_nv, y_n):
 def test_file_windows_cover_every_target_once():
     docs = [b"abc", b"", b"hello world"]
     x, y, n_x = ev.file_windows(docs, 4)
-    stream = np.concatenate([patching.encode_document(d) for d in docs])
+    stream = np.concatenate([documents.encode_document(d) for d in docs])
     assert y[y != 0].tolist() == stream[1:].tolist()
     assert n_x.sum() == len(stream) - 1
     assert (x[:, 1:] == y[:, :-1]).all()
@@ -84,12 +86,12 @@ def _random_params(cfg, seed=0):
 def test_blt_bits_per_byte_matches_manual():
     cfg = tiny_blt_config()  # static patching, patch size 4
     params = _random_params(cfg)
-    ck = patching.LoadedCheckpoint(path="memory", config=cfg, params=params, entropy_config=None,
+    ck = pretrained.LoadedCheckpoint(path="memory", config=cfg, params=params, entropy_config=None,
                                    entropy_params=None, patcher=cfg.patcher)
     seq_len = 32
     rep = ev.evaluate(ck, FILES, seq_len=seq_len, batch=3)
     assert rep.kind == "blt" and [f.name for f in rep.files] == [n for n, _ in FILES]
-    for (name, docs), res in zip(FILES, rep.files):
+    for (_name, docs), res in zip(FILES, rep.files):
         ce, n, patches = 0.0, 0, 0
         for x, y in _windows_manual(docs, seq_len):  # unpadded windows, one at a time
             lengths, _ = _static_lengths(cfg.patcher, jnp.asarray(x)[None], None, 1 + -(-len(x) // 4))
@@ -110,12 +112,12 @@ def test_blt_bits_per_byte_matches_manual():
 
 
 def test_entropy_model_bits_per_byte_and_patches(fixture_dir):
-    ck = patching.open_checkpoint(fixture_dir / "entropy_model")
+    ck = pretrained.open_checkpoint(fixture_dir / "entropy_model")
     assert not ck.is_blt and ck.entropy_params is not None
     seq_len, theta = 48, THETA
     rep = ev.evaluate(ck, FILES, seq_len=seq_len, batch=4, threshold=theta)
     assert rep.kind == "entropy" and rep.patcher["threshold"] == theta
-    for (name, docs), res in zip(FILES, rep.files):
+    for (_name, docs), res in zip(FILES, rep.files):
         ce, n, patches = 0.0, 0, 0
         for x, y in _windows_manual(docs, seq_len):
             logits = _lm_forward(ck.entropy_params, ck.entropy_config, jnp.asarray(x)[None])
@@ -178,9 +180,9 @@ def test_blt_entropy_patching_matches_pretrained(fixture_dir):
 
     text = "Hello, world! The quick brown fox jumps over the lazy dog."
     pre = load_pretrained(fixture_dir)
-    ck = patching.open_checkpoint(fixture_dir)
+    ck = pretrained.open_checkpoint(fixture_dir)
     rep = ev.evaluate(ck, [("s0", [text.encode()])], seq_len=64, batch=2)  # same shapes as the report test
-    tokens = patching.encode_document(text.encode())
+    tokens = documents.encode_document(text.encode())
     x, y = tokens[None, :-1], tokens[1:]
     logits = pre.logits(x)
     np.testing.assert_allclose(rep.total.ce_nats, _ce_sum(logits[0], y), rtol=1e-4)

@@ -22,15 +22,14 @@ import pytest
 
 import bltjax
 from bltjax import patcher as patcher_lib
-from bltjax import train_step
 from bltjax import tokenizer as tok_lib
 from bltjax.config import PatcherConfig, TransformerConfig, tiny_blt_config
-from bltjax.generate import GenerationResult, Model, encode_stops, generate, main, sample_tokens
-
-advance = jax.jit(__import__("bltjax.generate", fromlist=["advance"]).advance)
-sample = jax.jit(sample_tokens)
+from bltjax.generation import GenerationResult, Model, encode_stops, generate, main, sample_tokens
 from bltjax.model import blt, decode
 from bltjax.model import entropy_model as em
+
+advance = jax.jit(__import__("bltjax.generation", fromlist=["advance"]).advance)
+sample = jax.jit(sample_tokens)
 
 ATOL = 1e-4
 PROMPTS = [  # each <= 31 tokens: prompt + 32 new bytes stays in one naive 64-byte bucket
@@ -201,7 +200,7 @@ def test_static_model_generates_with_its_training_patches(random_model):
     _assert_same(cached, generate(model, prompts, method="naive", **kw))
     tokens = np.concatenate([tok_lib.encode(prompts[0]), cached[0].tokens])[None]
     n = tokens.shape[1]
-    lengths, _ = train_step.training_patch_lengths(cfg.patcher, jnp.asarray(tokens), None, n + 1)
+    lengths, _ = patcher_lib.model_patch_lengths(cfg.patcher, jnp.asarray(tokens), None, max_patches=n + 1)
     assert np.asarray(lengths)[0, :3].tolist() == [1, 3, 3]
     train_logits = np.asarray(blt.forward(model.params, cfg, jnp.asarray(tokens), lengths))[0]
     prompt_len = len(tok_lib.encode(prompts[0]))
@@ -302,7 +301,7 @@ def test_stop_string_and_rows_independent(random_model):
 
 
 def test_no_recompilation_within_bucket(random_model):
-    from bltjax import generate as gen_mod
+    from bltjax import generation as gen_mod
 
     generate(random_model, ["Hi there, a prompt of 20", "x", "y"], max_new_bytes=16, **RKW)
     sizes = gen_mod._cached_prefill._cache_size(), gen_mod._cached_decode._cache_size()
@@ -317,7 +316,7 @@ def test_no_recompilation_within_bucket(random_model):
 
 
 def test_package_attribute_is_callable(random_model):
-    import bltjax.generate  # noqa: F401  (makes the package attribute the submodule)
+    import bltjax.generation  # noqa: F401  (importing the module leaves bltjax.generate the function)
 
     r = bltjax.generate(random_model, ["Hi", "there", "you, a prompt > 16 bytes"], max_new_bytes=4, **RKW)
     assert isinstance(r, list) and isinstance(r[0], GenerationResult) and len(r[0].tokens) == 4
@@ -326,7 +325,7 @@ def test_package_attribute_is_callable(random_model):
 def test_cli_streams_complete_characters(monkeypatch, tmp_path, capsys):
     """CLI plumbing with a stub generator: bytes arrive split inside multi-byte characters and are
     printed as soon as they form complete UTF-8 characters; --prompt-file batches; --jsonl."""
-    import bltjax.generate as gen_mod
+    import bltjax.generation as gen_mod
 
     text = "Grüße, 東京 🙂"
     data = text.encode()

@@ -41,7 +41,7 @@ def test_fixture_batched_with_right_padding(expected):
         np.testing.assert_array_equal(got[i, :, : len(r)], expected[f"s{i}_hash_ids"])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _random_tokens(seed: int, b: int = 2, n: int = 24) -> np.ndarray:
     rng = np.random.default_rng(seed)
     toks = rng.integers(0, 260, size=(b, n)).astype(np.int32)

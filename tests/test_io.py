@@ -13,14 +13,13 @@ import jax
 import ml_dtypes
 import numpy as np
 import pytest
+from conftest import DATA
 
 from bltjax.config import BLTConfig, TransformerConfig
 from bltjax.io import hf as hf_io
 from bltjax.io import release
 from bltjax.io.safetensors_np import load_safetensors, load_safetensors_dir
 from bltjax.io.torch_pth import load_torch_pth
-
-from conftest import DATA
 
 TINY = DATA / "tiny-entropy"
 HF_TINY = DATA / "hf-tiny"

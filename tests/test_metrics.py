@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 
 import jax
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from bltjax import metrics as M
+from bltjax import peak as P
 
 
 def test_peak_flops_table():
@@ -30,9 +32,80 @@ def test_cpu_peak_is_split_over_fake_devices(monkeypatch):
     n_cpu = len(jax.local_devices(backend="cpu"))
     assert n_cpu == 8  # conftest: 8 fake CPU devices
     peak = M.peak_flops_per_device(jax.devices("cpu")[0])
-    assert peak == pytest.approx(M.CPU_FLOPS_PER_CORE * M._cpu_cores() / n_cpu)
+    assert peak == pytest.approx(M.cpu_peak_flops() / n_cpu)
+    # the host peak bounds what XLA really reaches on a matmul, and the arithmetic peak
+    assert M.cpu_peak_flops() >= max(M.measure_matmul_flops(256, 2), M.measure_matmul_flops(256, 2, "bfloat16"))
+    assert M.cpu_peak_flops() >= M.cpu_info().formula_flops
     monkeypatch.setenv(M.ENV_PEAK_FLOPS, "1e12")
     assert M.peak_flops_per_device() == 1e12
+
+
+CPUINFO = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Platinum 8280 CPU @ 2.70GHz
+cpu MHz\t\t: 1000.000
+flags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512bw
+
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Platinum 8280 CPU @ 2.70GHz
+cpu MHz\t\t: 3900.000
+flags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512bw
+"""
+
+
+def test_cpu_info_formula(monkeypatch):
+    files = {"/proc/cpuinfo": CPUINFO}
+    monkeypatch.setattr(P, "_read", lambda path: files.get(path, ""))
+    monkeypatch.setattr(P, "_cpu_cores", lambda: 2)
+    info = M.cpu_info()
+    assert info.model.startswith("Intel(R) Xeon(R) Platinum 8280") and info.fp32_lanes == 16
+    assert info.clock_hz == 3.9e9  # the highest clock seen (turbo above the 2.7 GHz in the name)
+    assert info.formula_flops == info.fp32_flops == 2 * 16 * 2 * 2 * 3.9e9
+    files["/proc/cpuinfo"] = CPUINFO.replace(" avx512f avx512bw", "").replace("3900.000", "1200.000")
+    files["/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"] = "4000000\n"  # kHz
+    info = M.cpu_info()
+    assert info.fp32_lanes == 8 and info.clock_hz == 4.0e9 and info.formula_flops == 2 * 8 * 2 * 2 * 4.0e9
+    # bf16 dot products double the peak; AMX tiles replace it
+    del files["/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"]
+    files["/proc/cpuinfo"] = CPUINFO.replace("avx512bw", "avx512bw avx512_bf16")
+    info = M.cpu_info()
+    assert info.bf16_dot and info.formula_flops == 2 * info.fp32_flops
+    files["/proc/cpuinfo"] = CPUINFO.replace("avx512bw", "avx512bw avx512_bf16 amx_bf16 amx_tile")
+    assert M.cpu_info().formula_flops == 2 * P.AMX_BF16_FLOPS_PER_CYCLE * 3.9e9
+
+
+def test_measured_cpu_flops_is_cached_per_machine(monkeypatch, tmp_path):
+    calls = []
+    rates = {"float32": 5e10, "bfloat16": 4e10}
+    monkeypatch.setattr(P, "measure_matmul_flops", lambda n, r, dtype: calls.append(dtype) or rates[dtype])
+    cache = tmp_path / "peak.json"
+    assert M.measured_cpu_flops(cache) == 5e10 and M.measured_cpu_flops(cache) == 5e10
+    assert calls == ["float32", "bfloat16"]  # measured once (the faster format counts), then read back
+    info = M.cpu_info()
+    assert json.loads(cache.read_text()) == {f"{info.model} x {info.cores}": 5e10}
+    monkeypatch.setattr(P, "_cpu_cores", lambda: info.cores + 1)  # another machine shape: measured again
+    M.measured_cpu_flops(cache)
+    assert len(calls) == 4
+
+
+def test_mfu_of_a_real_run_is_at_most_one(tmp_path):
+    """``python -m bltjax.train`` (the default experiment, which once reported MFU 113-138 % on a 2-core
+    CPU) on one device for a few steps: every logged MFU is a fraction of the host's real peak."""
+    import subprocess
+    import sys
+
+    from helpers.subprocess_env import env_with_devices
+
+    env = env_with_devices(1)
+    env.pop(M.ENV_PEAK_FLOPS, None)
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bltjax.train", "--workdir", str(run), "--set", "steps=10",
+         "--set", "optim.warmup_steps=2", "--set", "log_every=2", "--set", "eval_every=0",
+         "--set", "checkpoint.every=1000", "--set", "tensorboard=false", "--set", "data.embedded_max_bytes=200000"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    mfus = [r["mfu"] for r in M.read_jsonl(run / "metrics.jsonl") if "mfu" in r]
+    assert mfus and all(0 < m <= 1 for m in mfus), mfus
 
 
 def test_measure_matmul_flops_is_plausible():

@@ -1,6 +1,6 @@
 """A real 2-process ``jax.distributed`` run on loopback (gloo), 4 fake CPU devices per process.
 
-The work happens in ``tests/mp_child.py``; this test starts both processes, enforces a hard timeout
+The work happens in ``tests/helpers/mp_child.py``; this test starts both processes, enforces a hard timeout
 and then restores their checkpoint in this (single, 8-device) process: a process-count change.
 """
 
@@ -17,14 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 import portpicker
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from bltjax import distributed
 from bltjax import sharding as sh
 from bltjax.checkpoint import CheckpointManager
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-CHILD = REPO / "tests" / "mp_child.py"
+CHILD = REPO / "tests" / "helpers" / "mp_child.py"
 NUM_PROCESSES = 2
 TIMEOUT_S = 120
 

@@ -20,7 +20,7 @@ def fixture_threshold(fixture_dir) -> float:
     return params["data"]["patcher_args"]["threshold"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jit_patch_lengths(pcfg, include_next_token, max_patches):
     return jax.jit(functools.partial(P.patch_lengths, pcfg, include_next_token=include_next_token,
                                      max_patches=max_patches))

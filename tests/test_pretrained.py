@@ -17,12 +17,12 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import DATA
 
 import bltjax
-from bltjax.convert import convert, main as convert_main
+from bltjax.convert import convert
+from bltjax.convert import main as convert_main
 from bltjax.pretrained import Pretrained, detect_layout
-
-from conftest import DATA
 
 TINY = DATA / "tiny-entropy"
 HF_TINY = DATA / "hf-tiny"

@@ -28,7 +28,7 @@ def test_encode_ascii_and_specials():
 
 def test_encode_utf8_multibyte():
     ids = tk.encode("é東", add_bos=False)
-    assert ids.tolist() == [b + 4 for b in "é東".encode("utf-8")]
+    assert ids.tolist() == [b + 4 for b in "é東".encode()]
 
 
 @pytest.mark.parametrize("i", sorted(FIXTURE_TEXTS))

@@ -1,7 +1,7 @@
 """The trainer end to end on tiny shapes: learning, checkpoints, entropy models, bad input, NaN stop.
 
 Runs ``bltjax.train.main`` in this process (8 fake CPU devices from conftest) with the tiny experiment
-``tests/train_child_tiny.py``; resume/kill tests live in test_train_resume.py, multi-device and
+``tests/helpers/train_child_tiny.py``; resume/kill tests live in test_train_resume.py, multi-device and
 multi-process equivalence in test_train_distributed.py.
 """
 
@@ -19,13 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import patching, train, train_step
+from bltjax import patcher, pretrained, train, train_step
 from bltjax.metrics import read_jsonl
 from bltjax.model import entropy_model
 from bltjax.train_config import TrainConfig, config_from_dict, load_config
+from bltjax.workdir import load_run
 
 REPO = pathlib.Path(__file__).parent.parent
-TINY = str(REPO / "tests" / "train_child_tiny.py")
+TINY = str(REPO / "tests" / "helpers" / "train_child_tiny.py")
 MESH_8 = ["--set", "mesh.ici_data=1", "--set", "mesh.ici_fsdp=8", "--set", "mesh.ici_tensor=1"]
 TINY_ENTROPY_MODEL = [
     "--set", "model.entropy_model.dim=32", "--set", "model.entropy_model.n_layers=2",
@@ -80,6 +81,7 @@ def test_tiny_run_learns_logs_and_checkpoints(learned_run):
     # static patches [1, 4, 4, ...]: 65 positions in 17 patches per row, never overflowing
     assert first["avg_patch_size"] == pytest.approx(65 / 17) and first["overflow_frac"] == 0.0
     assert any("bytes_per_s" in r and "mfu" in r for r in train_recs)
+    assert all(0 < r["mfu"] <= 1 for r in train_recs if "mfu" in r)  # a fraction of the host's real peak
     evals = {r["step"]: r for r in records if "val_bpb" in r}
     assert sorted(evals) == [8, 16]
     assert evals[16]["val_bpb"] < evals[8]["val_bpb"] < 8.5
@@ -90,13 +92,37 @@ def test_tiny_run_learns_logs_and_checkpoints(learned_run):
     assert sorted(int(p.name) for p in (learned_run / "checkpoints").iterdir() if p.name.isdigit()) == [8, 16]
 
 
+def test_eval_without_data_reads_the_runs_validation_split(learned_run, tmp_path, capsys):
+    """``python -m bltjax.eval --checkpoint RUN`` (no --data): the trainer's validation split, in windows of
+    the run's seq_len; on the windows the trainer evaluates (2 batches of 8 x 64) it agrees with val_bpb."""
+    from bltjax import eval as ev
+    from bltjax.data import pipeline
+
+    cfg = config_from_dict(json.loads((learned_run / "config.json").read_text()))
+    _, index = pipeline.stream_index(cfg.data, "validation")
+    out = tmp_path / "all.json"
+    assert ev.main(["--checkpoint", str(learned_run), "--no-progress", "--json", str(out)]) == 0
+    assert "validation split" in capsys.readouterr().out
+    total = json.loads(out.read_text())["total"]
+    assert total["n_targets"] == index.num_tokens - 1  # every token after the first, predicted once
+    assert json.loads(out.read_text())["seq_len"] == cfg.seq_len and math.isfinite(total["bits_per_byte"])
+    n_eval = cfg.eval_batches * cfg.global_batch_size * cfg.seq_len + 1  # the trainer's eval windows
+    assert ev.main(["--checkpoint", str(learned_run), "--no-progress", "--max-bytes", str(n_eval),
+                    "--json", str(out)]) == 0
+    val = {r["step"]: r for r in read_jsonl(learned_run / "metrics.jsonl") if "val_bpb" in r}[16]
+    assert json.loads(out.read_text())["total"]["bits_per_byte"] == pytest.approx(val["val_bpb"], rel=1e-4)
+    # not a training run and no --data: one clear line
+    assert ev.main(["--checkpoint", str(tmp_path), "--no-progress"]) == 2
+    assert "pass --data" in capsys.readouterr().err
+
+
 def test_checkpoint_restores_as_pretrained_params(learned_run):
-    cfg, params, step = train.load_run(learned_run)
+    cfg, params, step = load_run(learned_run)
     assert isinstance(cfg, TrainConfig) and step == 16 and cfg.steps == 16
     leaves = [np.asarray(x) for x in jax.tree.leaves(params)]
     assert all(np.isfinite(x).all() for x in leaves)
     assert set(params) == {"tok_embeddings", "hash_embeddings", "encoder", "global", "decoder"}
-    cfg8, params8, step8 = train.load_run(learned_run, step=8)
+    cfg8, params8, step8 = load_run(learned_run, step=8)
     assert step8 == 8
     assert not np.allclose(np.asarray(params8["tok_embeddings"]), np.asarray(params["tok_embeddings"]))
 
@@ -131,7 +157,7 @@ def test_training_patches_start_with_one_byte_and_keep_the_blt_causal(mode):
     tokens = jnp.asarray(np.frombuffer(text[:64], np.uint8).astype(np.int32)[None] + 4)
     n = tokens.shape[1]
     max_patches = train_step.max_patches_for(cfg, n)
-    lengths, overflow = train_step.training_patch_lengths(cfg.patcher, tokens, None, max_patches)
+    lengths, overflow = patcher.model_patch_lengths(cfg.patcher, tokens, None, max_patches=max_patches)
     assert int(lengths[0, 0]) == 1 and int(lengths.sum()) == n + 1 and not bool(overflow[0])
     if mode == "static":
         assert lengths[0, :4].tolist() == [1, 4, 4, 4] and max_patches == 17
@@ -140,7 +166,7 @@ def test_training_patches_start_with_one_byte_and_keep_the_blt_causal(mode):
     base = np.asarray(forward(tokens, lengths))
     for i in (0, 2, 5, 30):
         changed = tokens.at[0, i + 1:].set(jnp.asarray(np.arange(n - i - 1) % 50 + 70, jnp.int32))
-        lengths2, _ = train_step.training_patch_lengths(cfg.patcher, changed, None, max_patches)
+        lengths2, _ = patcher.model_patch_lengths(cfg.patcher, changed, None, max_patches=max_patches)
         logits = np.asarray(forward(changed, lengths2))
         np.testing.assert_array_equal(logits[0, : i + 1], base[0, : i + 1])
         assert not np.allclose(logits[0, i + 1:], base[0, i + 1:])
@@ -156,9 +182,9 @@ def test_entropy_model_run_feeds_entropy_patching(tmp_path):
     assert len(ent_recs) == 3 and "avg_patch_size" not in ent_recs[0] and math.isfinite(ent_recs[-1]["loss"])
     # threshold = median entropy of the first batch under the trained entropy model: about half the
     # positions start a patch; the trainer's patching must agree with a host-side recomputation
-    ent_cfg, ent_params, _ = train.load_run(ent_dir)
+    ent_cfg, ent_params, _ = load_run(ent_dir)
     # the patching / eval tools open the same workdir as an entropy model (--entropy-model DIR)
-    tool_model = patching.load_entropy_model(ent_dir)
+    tool_model = pretrained.load_entropy_model(ent_dir)
     assert tool_model.config == ent_cfg.model.entropy_model
     jax.tree.map(np.testing.assert_array_equal, tool_model.params, ent_params)
     tokens = jnp.asarray(next(train.make_data_iterator(ent_cfg))["tokens"])
@@ -181,7 +207,8 @@ def test_entropy_model_run_feeds_entropy_patching(tmp_path):
     # the eval reports the same statistic on the held-out split (the calibration check of the README)
     val_stats = [train_step.patch_batch(blt_cfg, jnp.asarray(b["tokens"]), ent_params)[1]
                  for b in itertools.islice(train.make_data_iterator(blt_cfg, split="validation"), 2)]
-    val_expected = sum(float(s["n_positions_sum"]) for s in val_stats) / sum(float(s["n_patches_sum"]) for s in val_stats)
+    val_expected = (sum(float(s["n_positions_sum"]) for s in val_stats)
+                    / sum(float(s["n_patches_sum"]) for s in val_stats))
     val_rec = [r for r in recs if "val_bpb" in r][-1]
     assert val_rec["val_avg_patch_size"] == pytest.approx(val_expected, rel=1e-5)
 
@@ -249,7 +276,7 @@ def test_bad_input_is_one_line_error_and_writes_nothing(case, tmp_path, capsys):
 def test_default_config_is_packaged_and_resolves_from_any_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = train.build_parser().parse_args([])
-    assert train.config_path(args.config) == train.DEFAULT_CONFIG and train.DEFAULT_CONFIG.is_file()
+    assert train.config_path(args.config) == str(train.DEFAULT_CONFIG) and train.DEFAULT_CONFIG.is_file()
     setup = train.prepare(args)
     assert setup.cfg.name == "default" and setup.cfg.data.source == "embedded"
     assert setup.workdir == pathlib.Path("runs") / "default" and not setup.resuming

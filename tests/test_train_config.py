@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
 import textwrap
 from typing import Literal
 
@@ -22,6 +23,7 @@ from bltjax.train_config import (
     config_to_json,
     load_config,
     model_shape_diff,
+    split_config_arg,
 )
 
 
@@ -34,7 +36,7 @@ class FakeData:
     paths: tuple[str, ...] = ()
     mode: Literal["a", "b"] = "a"
 
-    def validate(self) -> "FakeData":
+    def validate(self) -> FakeData:
         if not 0 <= self.val_fraction < 1:
             raise ValueError("data.val_fraction out of range")
         return self
@@ -246,6 +248,11 @@ def test_repo_experiments_load():
         if path.name.startswith("_"):
             continue
         assert isinstance(load_config(path), TrainConfig), path
+    for size in ("400m", "1b", "2b", "4b", "8b"):  # the paper sizes: FILE.py:ARG calls get_config(ARG)
+        cfg = load_config(f"{pathlib.Path(__file__).parent.parent / 'experiments' / 'blt_paper.py'}:{size}")
+        assert cfg.name == f"blt_{size}" and cfg.validate() is cfg
+    with pytest.raises(ValueError, match="unknown paper size '3b'"):
+        load_config(f"{pathlib.Path(__file__).parent.parent / 'experiments' / 'blt_paper.py'}:3b")
 
 
 # ---------------------------------------------------------------------- serialisation
@@ -319,3 +326,14 @@ def test_section_defaults_are_paper_values():
         o.lr = 1.0  # type: ignore[misc]
     with pytest.raises(TypeError):
         OptimConfig(4e-4)  # type: ignore[misc]  # kw_only
+
+
+def test_config_argument_syntax():
+    """``--config FILE.py:ARG`` and the bare-name form ``NAME:ARG`` reach ``get_config(ARG)``."""
+    from bltjax import train
+
+    assert split_config_arg("experiments/blt_paper.py:1b") == (pathlib.Path("experiments/blt_paper.py"), "1b")
+    assert split_config_arg("runs/x.py") == (pathlib.Path("runs/x.py"), None)
+    path = train.config_path("blt_paper:400m")
+    assert path.endswith("blt_paper.py:400m")
+    assert load_config(path).name == "blt_400m"

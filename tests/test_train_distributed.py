@@ -6,7 +6,7 @@ each, mesh (2, 2, 1)) that train, save and stop at step 9; resumed again by one 
 mesh up to step 12 -- and every step's loss matches one device to ~2e-5.  Process-count changes
 restore the state onto the new shardings and reposition the data iterator from the step.
 
-Reference: ``tests/train_child_tiny.py`` for 12 steps on one device (a subprocess).
+Reference: ``tests/helpers/train_child_tiny.py`` for 12 steps on one device (a subprocess).
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import sys
 
 import portpicker
 import pytest
-from subprocess_env import env_with_devices
+from helpers.subprocess_env import env_with_devices
 
 from bltjax import train
 from bltjax.metrics import read_jsonl
 
 REPO = pathlib.Path(__file__).parent.parent
-TINY = str(REPO / "tests" / "train_child_tiny.py")
-CHILD = str(REPO / "tests" / "train_child_kill.py")
+TINY = str(REPO / "tests" / "helpers" / "train_child_tiny.py")
+CHILD = str(REPO / "tests" / "helpers" / "train_child_kill.py")
 STEPS = 12
 TOL = dict(rel=2e-5, abs=2e-5)
 

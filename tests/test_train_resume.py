@@ -1,7 +1,7 @@
 """Crash safety of the trainer: SIGKILL during an async save and during a step, SIGTERM, resume
 (and gradient accumulation, checked against the same single-device reference run).
 
-Every run is a subprocess on one CPU device (``tests/train_child_tiny.py``, 9 steps, checkpoints every 3
+Every run is a subprocess on one CPU device (``tests/helpers/train_child_tiny.py``, 9 steps, checkpoints every 3
 steps).  After each kill the run is restarted on the same workdir; the per-step losses in metrics.jsonl
 (the last record of a step wins) must equal those of an uninterrupted run exactly: same data in the
 same order, same state.
@@ -16,13 +16,13 @@ import subprocess
 import sys
 
 import pytest
-from subprocess_env import env_with_devices
+from helpers.subprocess_env import env_with_devices
 
 from bltjax.metrics import read_jsonl
 
 REPO = pathlib.Path(__file__).parent.parent
-TINY = str(REPO / "tests" / "train_child_tiny.py")
-KILLER = str(REPO / "tests" / "train_child_kill.py")
+TINY = str(REPO / "tests" / "helpers" / "train_child_tiny.py")
+KILLER = str(REPO / "tests" / "helpers" / "train_child_kill.py")
 ONE_DEVICE = ["--set", "mesh.ici_data=1", "--set", "mesh.ici_fsdp=1", "--set", "mesh.ici_tensor=1"]
 STEPS = 9
 

@@ -8,7 +8,8 @@ Public entry points:
   iterator, deterministic, step-indexable and checkpointable with Orbax;
 * ``bltjax.data.sources``: text / JSON-lines / ArrayRecord / TFDS document sources;
 * ``bltjax.data.embedded``: the download-free default corpus (Python stdlib sources);
-* ``bltjax.data.tfds_builder``: local text files -> TFDS ArrayRecord dataset (+ CLI).
+* ``bltjax.data.tfds_builder``: local text files -> TFDS ArrayRecord dataset (+ CLI);
+* ``bltjax.data.fetch``: named small corpora downloaded into a cache (``fetch:NAME`` paths, + CLI).
 
 Token ids (spec §1): byte ``b`` -> ``b + 4``, BOS = 1, EOS = 2, padding/BOE = 0.
 """

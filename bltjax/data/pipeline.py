@@ -49,15 +49,14 @@ import copy
 import dataclasses
 import functools
 import hashlib
-import pathlib
 
 import grain
 import numpy as np
 
 from bltjax.data import DataConfig
 from bltjax.data.embedded import embedded_corpus
-from bltjax.data.sources import (ArrayRecordSource, DataError, DocumentSource, TfdsSource,
-                                 jsonl_files, text_files)
+from bltjax.data.sources import ArrayRecordSource, DataError, DocumentSource, TfdsSource, jsonl_files, text_files
+from bltjax.tokenizer import encode_document  # noqa: F401  (re-exported: the one document encoding)
 
 PAD_ID = 0
 BOS_ID = 1
@@ -67,11 +66,6 @@ SPLITS = ("train", "validation")
 
 
 # ----------------------------------------------------------------------------- tokens
-
-
-def encode_document(doc: bytes) -> np.ndarray:
-    """``[BOS] (bytes + 4) [EOS]`` as int32."""
-    return doc_token_slice(doc, 0, len(doc) + 2)
 
 
 def doc_token_slice(doc: bytes, lo: int, hi: int) -> np.ndarray:
@@ -249,9 +243,16 @@ class _Entropies:
         self._arr = arr
 
     def _load(self) -> np.ndarray:
-        if not pathlib.Path(self.path).is_file():
+        from bltjax.data.entropy_file import open_entropies
+        from bltjax.storage import as_path
+
+        if not as_path(self.path).is_file():
             raise DataError(f"entropies file {self.path!r} does not exist")
-        return np.load(self.path, mmap_mode="r")
+
+        try:
+            return open_entropies(self.path)
+        except ValueError as e:
+            raise DataError(str(e)) from None
 
     def __getstate__(self):
         return {"path": self.path}
@@ -345,6 +346,29 @@ def window_fn(cfg: DataConfig, split: str, seq_len: int, num_padded: int | None 
 def num_windows(cfg: DataConfig, split: str, seq_len: int) -> int:
     """Number of (unpadded) windows of ``seq_len + 1`` tokens in ``split``."""
     return window_fn(cfg, split, seq_len).num_windows
+
+
+def split_tokens(cfg: DataConfig, split: str) -> np.ndarray:
+    """The whole token stream of ``split`` (int32), the one its windows are cut from."""
+    source, index = stream_index(cfg, split)
+    return np.concatenate([doc_token_slice(source[int(d)], int(lo), int(lo + n))
+                           for d, lo, n in zip(index.doc, index.start, index.length)]).astype(np.int32)
+
+
+def token_windows(stream: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A whole token stream as windows: ``(x int32 [W, L], y int32 [W, L], n_x int32 [W])``.
+
+    Window ``i`` is ``stream[i*L : i*L + L + 1]`` (overlap of one token: every token after the first is a
+    target exactly once), right-padded with 0; ``n_x`` = tokens of ``x`` that have a target.
+    """
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    n_win = max(1, -(-(len(stream) - 1) // seq_len))
+    padded = np.zeros(n_win * seq_len + 1, np.int32)
+    padded[:len(stream)] = stream
+    w = padded[np.arange(n_win)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]]
+    n_x = np.clip(len(stream) - 1 - seq_len * np.arange(n_win), 0, seq_len).astype(np.int32)
+    return w[:, :-1], w[:, 1:], n_x
 
 
 def window_dataset(cfg: DataConfig, split: str, seq_len: int) -> grain.MapDataset:

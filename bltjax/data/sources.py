@@ -20,6 +20,7 @@ import bisect
 import dataclasses
 import glob
 import json
+import os
 import pathlib
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -101,36 +102,65 @@ def check_text_file(data: bytes, where: str, allow_invalid_utf8: bool) -> bytes:
 # ----------------------------------------------------------------------------- paths
 
 
-def _split_spec(spec: str | pathlib.Path | Sequence[str | pathlib.Path]) -> list[str]:
-    items = [spec] if isinstance(spec, (str, pathlib.Path)) else list(spec)
-    parts = [p.strip() for item in items for p in str(item).split(",")]
+def _split_spec(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    parts = [p.strip() for item in items for p in os.fspath(item).split(",")]
     parts = [p for p in parts if p]
     if not parts:
         raise DataError("no input path given (empty path / glob)")
     return parts
 
 
-def _is_hidden(path: pathlib.Path, root: pathlib.Path) -> bool:
+def _is_hidden(path: pathlib.PurePath, root: pathlib.PurePath) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def expand_paths(spec: str | pathlib.Path | Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
+def _remote_glob(part: str) -> list[pathlib.PurePath]:
+    """Files matching a ``gs://`` glob (the part before the first wildcard component is the base)."""
+    from bltjax.storage import as_path
+
+    scheme, rest = part.split("://", 1)
+    components = rest.split("/")
+    k = next(i for i, c in enumerate(components) if any(ch in c for ch in _GLOB_CHARS))
+    if k == 0:
+        raise DataError(f"glob {part!r}: the bucket name cannot contain wildcards")
+    base = as_path(f"{scheme}://" + "/".join(components[:k]))
+    return sorted((m for m in base.glob("/".join(components[k:])) if m.is_file()), key=str)
+
+
+def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[pathlib.PurePath]:
     """Files named by ``spec``: files, directories (recursive) and globs, comma-separated.
 
     Directories contribute every non-hidden regular file below them, sorted; globs (``*``, ``?``,
-    ``[``; ``**`` recursive) are sorted too, so the document order is deterministic.
+    ``[``; ``**`` recursive) are sorted too, so the document order is deterministic.  ``fetch:NAME``
+    names the cached file of a known corpus, downloaded on first use (``bltjax.data.fetch``).  Remote
+    paths (``gs://bucket/...``) work the same way and come back as ``etils.epath.Path``.
     """
-    files: list[pathlib.Path] = []
+    from bltjax.storage import as_path, files_under, is_remote
+
+    files: list[pathlib.PurePath] = []
     for part in _split_spec(spec):
-        path = pathlib.Path(part).expanduser()
+        if part.startswith("fetch:"):
+            from bltjax.data import fetch
+
+            try:
+                part = fetch.resolve(part)
+            except fetch.FetchError as e:
+                raise DataError(str(e)) from None
+        remote = is_remote(part)
+        path = as_path(part) if remote else pathlib.Path(part).expanduser()
         if any(c in part for c in _GLOB_CHARS):
-            matches = sorted(pathlib.Path(m) for m in glob.glob(str(path), recursive=True))
-            matches = [m for m in matches if m.is_file()]
+            if remote:
+                matches = _remote_glob(part)
+            else:
+                matches = sorted(pathlib.Path(m) for m in glob.glob(str(path), recursive=True))
+                matches = [m for m in matches if m.is_file()]
             if not matches:
                 raise DataError(f"glob {part!r} matches no files")
             files.extend(matches)
         elif path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and not _is_hidden(p, path))
+            found = [p for p in files_under(path) if not _is_hidden(p, path)] if remote else \
+                sorted(p for p in path.rglob("*") if p.is_file() and not _is_hidden(p, path))
             if not found:
                 raise DataError(f"directory {part!r} contains no files")
             files.extend(found)
@@ -141,11 +171,11 @@ def expand_paths(spec: str | pathlib.Path | Sequence[str | pathlib.Path]) -> lis
     return files
 
 
-def _read(path: pathlib.Path) -> bytes:
+def _read(path: pathlib.PurePath) -> bytes:
     try:
         return path.read_bytes()
     except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def _nonempty(src: InMemorySource, what: str) -> InMemorySource:
@@ -235,12 +265,16 @@ class ArrayRecordSource:
                  allow_invalid_utf8: bool = False):
         import grain  # local: keeps `import bltjax.data.sources` light
 
+        from bltjax.storage import stage_local
+
         self.paths = [str(p) for p in expand_paths(spec)]
+        # ArrayRecord's reader opens local files only: remote shards are copied to the local cache once.
+        self.local_paths = [str(stage_local(p, what="ArrayRecord shard")) for p in self.paths]
         self.allow_invalid_utf8 = allow_invalid_utf8
         counts = []
-        for path in self.paths:  # opened one by one so that a bad shard is named
+        for path, local in zip(self.paths, self.local_paths):  # opened one by one so that a bad shard is named
             try:
-                counts.append(len(grain.sources.ArrayRecordDataSource([path])))
+                counts.append(len(grain.sources.ArrayRecordDataSource([local])))
             except Exception as e:  # array_record raises RuntimeError/ValueError with long texts
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise DataError(f"{path}: not readable as ArrayRecord ({first})") from None
@@ -249,7 +283,7 @@ class ArrayRecordSource:
             self._starts.append(self._starts[-1] + c)
         if self._starts[-1] == 0:
             raise DataError(f"{spec}: ArrayRecord corpus is empty (no records)")
-        self._source = grain.sources.ArrayRecordDataSource(self.paths)
+        self._source = grain.sources.ArrayRecordDataSource(self.local_paths)
 
     def __len__(self) -> int:
         return self._starts[-1]
@@ -293,6 +327,10 @@ class TfdsSource:
 
         if not name:
             raise DataError("TFDS source needs a dataset name (data.tfds_name)")
+        if data_dir and "://" in data_dir:
+            raise DataError(f"TFDS data_dir {data_dir!r}: remote TFDS directories are not read directly (ArrayRecord "
+                            "opens local files only); use data.source='array_record' with data.path set to the "
+                            "dataset's gs://.../*.array_record-* shards (staged to a local cache), or a gcsfuse mount")
         if data_dir and not pathlib.Path(data_dir).expanduser().is_dir():
             raise DataError(f"TFDS data_dir {data_dir!r} does not exist")
         self.where = f"tfds:{name}[{split}]"

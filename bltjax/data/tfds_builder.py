@@ -108,8 +108,7 @@ def build_local_dataset(paths: str | Sequence[str], out_dir: str, *, name: str =
     return out_dir
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point (see module doc)."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bltjax.data.tfds_builder",
                                      description="Local text files -> TFDS ArrayRecord dataset.")
     parser.add_argument("--input", required=True, action="append",
@@ -120,7 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split-blank-lines", action="store_true",
                         help="one document per blank-line-separated paragraph (default: per file)")
     parser.add_argument("--allow-invalid-utf8", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point (see module doc)."""
+    args = build_parser().parse_args(argv)
     tfds.disable_progress_bar()
     try:
         build_local_dataset(args.input, args.out, name=args.name, val_fraction=args.val_fraction,

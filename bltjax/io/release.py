@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Iterable, Optional, Union
+from collections.abc import Iterable
+from typing import Any, Optional, Union
 
 import ml_dtypes
 import numpy as np

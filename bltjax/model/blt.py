@@ -14,11 +14,14 @@ real ones, and are never read by the decoder.
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import jax
 import jax.numpy as jnp
 
-from bltjax.config import BLTConfig
-from bltjax.model import global_model, local_decoder, local_encoder
+from bltjax import patcher
+from bltjax.config import BLTConfig, PatcherConfig
+from bltjax.model import entropy_model, global_model, local_decoder, local_encoder
 from bltjax.model.attention import doc_ids_from_tokens
 from bltjax.model.cross_attention import init_cross
 from bltjax.model.layers import dtype_of, trunc_normal
@@ -94,3 +97,31 @@ def forward(params: dict, cfg: BLTConfig, tokens_bn: jax.Array, patch_lengths_bp
     if not intermediates:
         return logits
     return logits, dict(hash_embeds=e, enc_h=h, enc_cross=slots, global_in=g_in, global_out=g_out)
+
+
+def patch_lengths(cfg: BLTConfig, entropy_params: Any, tokens_bn: jax.Array, *,
+                  entropies_bn: Optional[jax.Array] = None, patcher_cfg: Optional[PatcherConfig] = None,
+                  context: Optional[PatcherConfig] = None, max_patches: Optional[int] = None,
+                  lengths_b: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+    """Patch a batch as this BLT is trained and decoded: entropies (entropy mode), then
+    ``patcher.model_patch_lengths`` (rows cover ``S + 1`` positions, first patch 1, static mode
+    ``[1, ps, ps, ...]``).  Returns lengths ``int32 [B, P]`` and overflow ``bool [B]``.
+
+    The one "entropies -> patch lengths" path of training, evaluation, generation and
+    ``Pretrained.patch``.  Entropy mode uses ``entropies_bn`` when given (precomputed), else runs the
+    frozen entropy model (``entropy_params``, ``cfg.entropy_model``) under ``stop_gradient``, with the
+    context settings of ``context`` (default: the patcher's).  ``patcher_cfg`` replaces ``cfg.patcher``.
+    """
+    pcfg = cfg.patcher if patcher_cfg is None else patcher_cfg
+    if pcfg.mode == "entropy" and entropies_bn is None:
+        if entropy_params is None or cfg.entropy_model is None:
+            raise ValueError("entropy patching needs the entropy model (model.entropy_model and its params)")
+        entropies_bn = entropy_model.compute_entropies(jax.lax.stop_gradient(entropy_params), cfg.entropy_model,
+                                                       pcfg if context is None else context, tokens_bn,
+                                                       attention_impl=cfg.attention_impl)
+    if entropies_bn is not None:
+        entropies_bn = jax.lax.stop_gradient(entropies_bn.astype(jnp.float32))
+    return patcher.model_patch_lengths(pcfg, tokens_bn, entropies_bn, max_patches=max_patches, lengths_b=lengths_b)
+
+
+__all__ = ["init_params", "check_inputs", "forward", "patch_lengths"]

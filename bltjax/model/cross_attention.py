@@ -56,3 +56,15 @@ def cross_attend(p: dict, q_bqd: jax.Array, kv_bsd: jax.Array, *, kind: Literal[
         a = attn_lib.byte_query_attention(q, kk, v, ids_bn, n_patches, k)
     a = constrain(constrain(a, BTNH).reshape(b, t, d), BTH)
     return 2 * q_bqd + linear(a, p["wo"], BTD)
+
+
+# ---------------------------------------------------------------- incremental decoding (cached)
+
+
+def cross_kv(pc: dict, h: jax.Array, n_heads: int, eps: float) -> tuple[jax.Array, jax.Array]:
+    """Cross-attention keys/values of key/value inputs ``h [..., d]`` -> ``[..., H, hd]``."""
+    d = h.shape[-1]
+    kvn = rms_norm(h, pc["norm_kv"], eps)
+    k = linear(kvn, pc["wk"]).reshape(*h.shape[:-1], n_heads, d // n_heads)
+    v = linear(kvn, pc["wv"]).reshape(*h.shape[:-1], n_heads, d // n_heads)
+    return k, v

@@ -14,9 +14,10 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from bltjax.config import PatcherConfig, TransformerConfig
+from bltjax.config import BLTConfig, PatcherConfig, TransformerConfig
+from bltjax.model import kv_cache
 from bltjax.model.attention import doc_ids_from_tokens
-from bltjax.model.layers import BTD, BTV, dtype_of, linear, rms_norm, trunc_normal
+from bltjax.model.layers import BTD, BTV, dtype_of, linear, rms_norm, rope_tables, trunc_normal
 from bltjax.model.transformer import StackSpec, apply_stack, init_stack
 from bltjax.patcher import entropies_from_logits  # noqa: F401  (re-exported)
 from bltjax.sharding import constrain, constrain_rows
@@ -83,3 +84,72 @@ def compute_entropies(params: dict, cfg: TransformerConfig, pcfg: PatcherConfig,
     ent = entropies_from_logits(logits.astype(dtype_of(dtype)), in_logits_dtype=True)
     ent = ent.reshape(rows, n_chunks * c)[:, :length]
     return constrain(ent.reshape(b, n), ("act_batch", "act_len"))
+
+
+# ---------------------------------------------------------------- incremental decoding (cached)
+
+
+def _entropy_setup(cfg: BLTConfig, eparams: dict) -> tuple[TransformerConfig, StackSpec, dict, jnp.dtype]:
+    ecfg = cfg.entropy_model
+    edt = dtype_of(cfg.patcher.entropy_dtype)
+    p = eparams if edt == jnp.float32 else jax.tree.map(lambda a: a.astype(edt), eparams)
+    return ecfg, stack_spec(ecfg, cfg.attention_impl), p, edt
+
+
+def _entropy_boundary(cfg: BLTConfig, tok) -> jax.Array:
+    """Token after which the entropy context restarts (EOS with doc masks, newline on request)."""
+    ecfg, pc = cfg.entropy_model, cfg.patcher
+    newline = pc.reset_context_at_newline
+    out = jnp.zeros_like(tok, dtype=bool)
+    if ecfg.doc_mask or newline:  # entropy_model.forward counts EOS whenever a boundary id is given
+        out = out | (tok == ecfg.eos_id)
+    if newline:
+        out = out | (tok == NEWLINE_ID)
+    return out
+
+
+def _entropy_rope_pos(cfg: BLTConfig, pos):
+    """RoPE position in the entropy model: restarts at every ``entropy_chunk_len`` chunk."""
+    c = cfg.patcher.entropy_chunk_len
+    return pos % c if c else pos
+
+
+def prefill_cached(cfg: BLTConfig, eparams: dict, tokens_bt: jax.Array) -> tuple:
+    """Entropy model over the padded prompts: (H [B,T] f32, K, V per layer [B,T,Ke,hd], ctx [B,T]).
+
+    ``ctx`` is the context id of each position (it increases after every boundary token and at every
+    chunk start), used as the document id of the attention mask."""
+    ecfg, spec, p, edt = _entropy_setup(cfg, eparams)
+    b, t = tokens_bt.shape
+    pos_t = jnp.arange(t)
+    prev_bound = jnp.concatenate([jnp.zeros((b, 1), bool), _entropy_boundary(cfg, tokens_bt)[:, :-1]], 1)
+    ctx = jnp.cumsum(prev_bound.astype(jnp.int32), axis=1)
+    if cfg.patcher.entropy_chunk_len:
+        ctx = ctx + (pos_t // cfg.patcher.entropy_chunk_len)[None]
+    rope = rope_tables(jnp.broadcast_to(_entropy_rope_pos(cfg, pos_t)[None], (b, t)), spec.head_dim,
+                       spec.rope_theta)
+    x = p["tok_embeddings"].astype(edt)[tokens_bt]
+    x, ks, vs = kv_cache.stack_prefill(p["layers"], x, spec, rope, ctx)
+    x = rms_norm(x, p["norm"], ecfg.norm_eps)
+    logits = linear(x, p["output"]).astype(jnp.float32)
+    ent = entropies_from_logits(logits.astype(edt), in_logits_dtype=True)
+    return ent, ks, vs, ctx
+
+
+def step_row(cfg: BLTConfig, eparams: dict, st: dict, tok, tok_prev, r) -> tuple[jax.Array, dict]:
+    """One entropy-model token (position ``r``) of one row: ``H_r`` (f32), the context id and the new
+    keys/values per layer (written by ``decode.step``)."""
+    ecfg, spec, p, edt = _entropy_setup(cfg, eparams)
+    chunk = cfg.patcher.entropy_chunk_len
+    event = (r > 0) & _entropy_boundary(cfg, tok_prev)
+    if chunk:
+        event = event | ((r > 0) & (r % chunk == 0))
+    ctx = st["ent_ctx_last"] + event.astype(jnp.int32)
+    mask = kv_cache.ring_mask_row(st["ent_pos"], st["ent_ctx"], r, ctx, spec.window)  # own slot: stale or empty
+    rope = kv_cache.rope_one(_entropy_rope_pos(cfg, r), spec.head_dim, spec.rope_theta)
+    x = p["tok_embeddings"].astype(edt)[tok]
+    x, k, v = kv_cache.stack_step_row(p["layers"], x, st["ent_k"], st["ent_v"], rope, mask, spec)
+    x = rms_norm(x, p["norm"], ecfg.norm_eps)
+    logits = linear(x, p["output"]).astype(jnp.float32)
+    h = entropies_from_logits(logits.astype(edt), in_logits_dtype=True)
+    return h, dict(ent_ctx_last=ctx, ent_k_new=k, ent_v_new=v)

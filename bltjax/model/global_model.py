@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 
 from bltjax.config import BLTConfig
+from bltjax.model import kv_cache
 from bltjax.model.layers import BTD, linear
-from bltjax.sharding import constrain
 from bltjax.model.transformer import StackSpec, apply_stack
+from bltjax.sharding import constrain
 
 
 def global_spec(cfg: BLTConfig) -> StackSpec:
@@ -31,7 +32,8 @@ def patch_doc_ids(global_tokens_bp: jax.Array, eos_id: int) -> jax.Array:
     return jnp.cumsum(ends, axis=1) - ends
 
 
-def forward(params: dict, cfg: BLTConfig, slots_bqd: jax.Array, global_tokens_bp: jax.Array) -> tuple[jax.Array, jax.Array]:
+def forward(params: dict, cfg: BLTConfig, slots_bqd: jax.Array,
+            global_tokens_bp: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Returns (global input [B, P, k*dE], global output [B, P, dG])."""
     gp = params["global"]
     b = slots_bqd.shape[0]
@@ -41,3 +43,21 @@ def forward(params: dict, cfg: BLTConfig, slots_bqd: jax.Array, global_tokens_bp
         x = linear(x, gp["input_projection"], BTD)
     doc = patch_doc_ids(global_tokens_bp, cfg.eos_id) if cfg.global_attn == "block_causal" else None
     return g_in, apply_stack(gp["layers"], x, global_spec(cfg), doc, scan=cfg.scan_layers)
+
+
+# ---------------------------------------------------------------- incremental decoding (cached)
+
+
+def step_row(cfg: BLTConfig, params: dict, st: dict, g_in, p_idx, gdoc) -> tuple[jax.Array, tuple, tuple]:
+    """Global transformer for completed patch ``p_idx`` of one row: (output [dG], new keys, new
+    values per layer) against the cached earlier patches (columns with ``g_pid >= 0``)."""
+    gp = params["global"]
+    spec = global_spec(cfg)
+    x = g_in
+    if cfg.global_input_projection:
+        x = x @ gp["input_projection"].astype(x.dtype)
+    mask = st["g_pid"] >= 0
+    if cfg.global_attn == "block_causal":
+        mask = mask & (st["g_doc"] == gdoc)
+    rope = kv_cache.rope_one(p_idx, spec.head_dim, spec.rope_theta)
+    return kv_cache.stack_step_row(gp["layers"], x, st["g_k"], st["g_v"], rope, mask, spec)

@@ -14,7 +14,7 @@ chunks small enough that no step overflows uint32, then ``- 2**64 mod V`` for ne
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np

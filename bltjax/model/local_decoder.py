@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from bltjax.config import BLTConfig
-from bltjax.model.cross_attention import cross_attend
+from bltjax.model import kv_cache
+from bltjax.model.cross_attention import cross_attend, cross_kv
 from bltjax.model.layers import BTD, BTV, linear, rms_norm
 from bltjax.model.transformer import StackSpec, block, layer, positions_rope
 from bltjax.sharding import constrain
@@ -56,3 +57,44 @@ def forward(params: dict, cfg: BLTConfig, h_enc_bnd: jax.Array, g_out_bpd: jax.A
         y = block(layer(dec["layers"], i), y, spec, rope, doc_bn)
     y = rms_norm(y, dec["norm"], cfg.norm_eps)
     return linear(y, dec["output"], BTV).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------- incremental decoding (cached)
+
+
+def patch_kv_row(cfg: BLTConfig, params: dict, g_out_d: jax.Array) -> tuple[tuple, tuple]:
+    """Decoder cross K/V of one patch (``g_out [dG]``) for every decoder cross layer: ``[H, k, hd]``."""
+    dec = params["decoder"]
+    kv = (g_out_d @ dec["patch_projection"].astype(g_out_d.dtype)).reshape(cfg.cross_attn_k, cfg.dim_local_decoder)
+    ks, vs = [], []
+    for pc in kv_cache.layers_of(dec["cross"]):
+        k, v = cross_kv(pc, kv, cfg.cross_attn_nheads, cfg.norm_eps)  # [k, H, hd]
+        ks.append(jnp.swapaxes(k, 0, 1))
+        vs.append(jnp.swapaxes(v, 0, 1))
+    return tuple(ks), tuple(vs)
+
+
+def step_row(cfg: BLTConfig, params: dict, st: dict, h, r, mask_c) -> tuple[jax.Array, tuple, tuple]:
+    """Local decoder for the byte at position ``r`` of one row: (logits [V] f32, new keys, new values
+    per layer).  Cross-attention reads the last completed patch only (``dkv``): byte ``r`` attends
+    patch ``dpid(r)`` and nothing else, i.e. a softmax over its k slots."""
+    dec = params["decoder"]
+    spec = decoder_spec(cfg)
+    nh, d = cfg.cross_attn_nheads, cfg.dim_local_decoder
+    rope = kv_cache.rope_one(r, spec.head_dim, spec.rope_theta)
+    crosses = kv_cache.layers_of(dec["cross"])
+    all_slots = jnp.ones((cfg.cross_attn_k,), bool)
+    y = h
+    nk, nv = [], []
+    for i, (p, k_c, v_c) in enumerate(zip(kv_cache.layers_of(dec["layers"]), st["dec_k"], st["dec_v"])):
+        if cfg.cross_attn_all_layers_decoder or i == 0:
+            c = i if cfg.cross_attn_all_layers_decoder else 0
+            pc = crosses[c]
+            q = linear(rms_norm(y, pc["norm_q"], cfg.norm_eps), pc["wq"]).reshape(nh, d // nh)
+            a = kv_cache.attend_one(q, st["dkv_k"][c].astype(q.dtype), st["dkv_v"][c].astype(q.dtype), all_slots)
+            y = 2 * y + linear(a.reshape(d), pc["wo"])
+        y, k, v = kv_cache.block_step_row(p, y, k_c, v_c, rope, mask_c, spec)
+        nk.append(k)
+        nv.append(v)
+    y = rms_norm(y, dec["norm"], cfg.norm_eps)
+    return linear(y, dec["output"]).astype(jnp.float32), tuple(nk), tuple(nv)

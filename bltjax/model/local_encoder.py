@@ -11,6 +11,7 @@ cross-attention that turns bytes into patch vectors for the global model.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Optional
 
 import jax
@@ -18,9 +19,11 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from bltjax.config import BLTConfig
+from bltjax.model import kv_cache
+from bltjax.model.attention import _NEG
 from bltjax.model.cross_attention import cross_attend
 from bltjax.model.hashing import hash_ids
-from bltjax.model.layers import BTD, dtype_of, linear
+from bltjax.model.layers import BTD, dtype_of, linear, rms_norm
 from bltjax.model.transformer import StackSpec, block, layer, positions_rope
 from bltjax import sharding
 from bltjax.sharding import constrain
@@ -117,3 +120,72 @@ def forward(params: dict, cfg: BLTConfig, e_bnd: jax.Array, pid_bn: jax.Array, n
                              window=cfg.cross_attn_window_encoder, dense=dense_cross)
             cross_i += 1
     return h, q
+
+
+# ---------------------------------------------------------------- incremental decoding (cached)
+
+
+def cross_layers(cfg: BLTConfig) -> list[int]:
+    """Encoder layers followed by a cross-attention (pooling happens at the first one)."""
+    n = cfg.n_layers_local_encoder
+    return list(range(n)) if cfg.cross_attn_all_layers_encoder else [n - 1]
+
+
+def pool_update(mode: str, pool, cnt, h, fresh):
+    """Running max / min / sum of the open patch's byte states (restarted when ``fresh``)."""
+    if mode == "max":
+        new = jnp.maximum(pool, h)
+    elif mode == "min":
+        new = jnp.minimum(pool, h)
+    else:
+        new = pool + h
+    return jnp.where(fresh, h, new), jnp.where(fresh, 1, cnt + 1)
+
+
+def pooled_state(mode: str, pool, cnt):
+    if mode in ("max", "min"):
+        return pool
+    return pool / jnp.maximum(cnt, 1).astype(pool.dtype)
+
+
+def step_row(cfg: BLTConfig, params: dict, st: dict, tokens_t: jax.Array, n, r,
+                     mask_c) -> tuple[jax.Array, list[jax.Array], tuple, tuple]:
+    """Local encoder for the byte at column ``n`` (position ``r``) of one row: (final state, state
+    after every layer, new keys, new values per layer).  Hash n-gram ids need only the last
+    ``max(n)`` columns (padding columns are BOE 0: the official left padding)."""
+    enc = params["encoder"]
+    spec = encoder_spec(cfg)
+    w = max(cfg.encoder_hash_byte_group_size) if cfg.n_hash_tables else 1
+    idx = n - (w - 1) + jnp.arange(w)
+    window = jnp.where(idx >= 0, tokens_t[jnp.clip(idx, 0, tokens_t.shape[0] - 1)], 0)
+    h = embed(params, cfg, window[None])[0, -1]
+    rope = kv_cache.rope_one(r, spec.head_dim, spec.rope_theta)
+    outs, nk, nv = [], [], []
+    for p, k_c, v_c in zip(kv_cache.layers_of(enc["layers"]), st["enc_k"], st["enc_v"]):
+        h, k, v = kv_cache.block_step_row(p, h, k_c, v_c, rope, mask_c, spec)
+        outs.append(h)
+        nk.append(k)
+        nv.append(v)
+    return h, outs, tuple(nk), tuple(nv)
+
+
+def patch_row(cfg: BLTConfig, params: dict, pool, cnt, x_k: Sequence[jax.Array],
+                      x_v: Sequence[jax.Array], byte_mask_t: jax.Array) -> jax.Array:
+    """Encoder cross-attention of one patch of one row: its k query slots (initialised from the pooled
+    byte states) attend the bytes selected by ``byte_mask_t`` (bool [T]) through the cached per-byte
+    cross K/V (per cross layer ``[H, T, hd]``); ``q = 2q + Wo·attn`` per cross layer.  Returns the
+    patch vector ``[k*dE]`` (the global model's input before the optional projection)."""
+    enc = params["encoder"]
+    k, d, nh = cfg.cross_attn_k, cfg.dim_local_encoder, cfg.cross_attn_nheads
+    pooled = pooled_state(cfg.downsampling_by_pooling, pool, cnt)
+    q = (pooled @ enc["patch_projection"].astype(pooled.dtype)).reshape(k, d)
+    hd = d // nh
+    for c, pc in enumerate(kv_cache.layers_of(enc["cross"])[: len(x_k)]):
+        qn = rms_norm(q, pc["norm_q"], cfg.norm_eps)
+        qh = linear(qn, pc["wq"]).reshape(k, nh, hd)
+        s = jnp.einsum("rhd,htd->hrt", qh, x_k[c].astype(qh.dtype), preferred_element_type=jnp.float32)
+        s = jnp.where(byte_mask_t[None, None, :], s * (hd ** -0.5), _NEG)
+        pr = jax.nn.softmax(s, axis=-1)  # the patch always holds at least one byte
+        a = jnp.einsum("hrt,htd->rhd", pr.astype(x_v[c].dtype), x_v[c])
+        q = 2 * q + linear(a.reshape(k, d), pc["wo"])
+    return q.reshape(k * d)

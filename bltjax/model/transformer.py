@@ -124,9 +124,4 @@ def apply_stack(stack: dict, x_btd: jax.Array, spec: StackSpec, doc_bt: Optional
     return x_btd
 
 
-def check_positions(t: int, max_len: int, what: str) -> None:
-    if t > max_len:
-        raise ValueError(f"{what}: sequence of {t} exceeds the configured maximum {max_len}")
-
-
-__all__ = ["StackSpec", "init_stack", "layer", "block", "block_with_kv", "apply_stack", "positions_rope", "check_positions"]
+__all__ = ["StackSpec", "init_stack", "layer", "block", "block_with_kv", "apply_stack", "positions_rope"]

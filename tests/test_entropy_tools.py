@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import patching, viz
+from bltjax import calibration, entropy_tools, viz
 from bltjax.config import PatcherConfig
+from bltjax.data import documents
 from bltjax.model import entropy_model as entropy_lm
 from bltjax.patcher import patch_lengths
 
@@ -29,7 +30,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def model(fixture_dir):
-    return patching.load_entropy_model(fixture_dir / "entropy_model")
+    return entropy_tools.load_entropy_model(fixture_dir / "entropy_model")
 
 
 def _sample_docs(n_udhr_bytes: int = 1500) -> list[bytes]:
@@ -56,13 +57,13 @@ def _live_lengths(model, tokens_bn, pcfg, lengths_b=None, include_next_token=Fal
 @pytest.mark.parametrize("mode,target", [("global", 4.5), ("monotonic", 3.0)])
 def test_calibrate_hits_target(model, mode, target):
     docs = _sample_docs()
-    res = patching.calibrate_threshold(model, docs, target=target, mode=mode, sample_bytes=None, seq_len=128)
+    res = entropy_tools.calibrate_threshold(model, docs, target=target, mode=mode, sample_bytes=None, seq_len=128)
     assert res.mode == mode and res.n_documents == len(docs)
-    assert abs(res.bytes_per_patch - target) < 0.02 * target, patching.format_calibration(res)
+    assert abs(res.bytes_per_patch - target) < 0.02 * target, entropy_tools.format_calibration(res)
     assert res.achievable[0] < target < res.achievable[1]
     # The reported size is what the real patcher gives at the returned threshold.
-    tokens, lengths = patching.stream_windows(docs, 128)
-    pcfg = patching.threshold_patcher(PatcherConfig(), res.threshold, mode)
+    tokens, lengths = documents.stream_windows(docs, 128)
+    pcfg = entropy_tools.threshold_patcher(PatcherConfig(), res.threshold, mode)
     lens, ent = _live_lengths(model, tokens, pcfg, lengths)
     assert lens.sum() == lengths.sum() == res.n_tokens
     assert (lens > 0).sum() == res.n_patches
@@ -73,7 +74,7 @@ def test_calibrate_hits_target(model, mode, target):
         starts += ((ent[:, 1:-1] > np.float32(res.threshold)) & (pos < lengths[:, None])).sum()
         assert starts == res.n_patches
     # Optimal among thresholds: the neighbouring candidate values bracket the target.
-    cands = patching.threshold_candidates(ent, lengths, mode)
+    cands = entropy_tools.threshold_candidates(ent, lengths, mode)
     k = int(np.searchsorted(cands, np.float32(res.threshold), side="right"))
     sizes = []
     for t in (cands[max(k - 2, 0)], cands[min(k, len(cands) - 1)]):
@@ -95,7 +96,7 @@ def test_calibrate_cli(model, fixture_dir, tmp_path, capsys):
     (data / "b.txt").write_bytes(b"caf\xe9 \xff\xfe invalid utf-8 \x00\x01" * 20)
     (data / "c.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in TEXTS) + "\n", encoding="utf-8")
     out = tmp_path / "cal.json"
-    rc = patching.main(["calibrate", "--entropy-model", str(fixture_dir / "entropy_model"), "--data", str(data),
+    rc = entropy_tools.main(["calibrate", "--entropy-model", str(fixture_dir / "entropy_model"), "--data", str(data),
                         "--target-bytes-per-patch", "3.5", "--seq-len", "128", "--sample-bytes", "3000",
                         "--reset-at-newline", "--json", str(out)])
     text = capsys.readouterr().out
@@ -110,19 +111,19 @@ def test_calibrate_cli(model, fixture_dir, tmp_path, capsys):
 
 def test_sample_documents_spreads_budget():
     big = [bytes([65 + i]) * 10_000 for i in range(10)]
-    sample = patching.sample_documents(big, 20_000, min_doc_bytes=100)
+    sample = documents.sample_documents(big, 20_000, min_doc_bytes=100)
     assert sum(map(len, sample)) == 20_000
     assert [s[:1] for s in sample] == [d[:1] for d in big]  # every file contributes its beginning
     small = [bytes([i]) * 50 for i in range(200)]
-    sample = patching.sample_documents(small, 1000, min_doc_bytes=100)
+    sample = documents.sample_documents(small, 1000, min_doc_bytes=100)
     assert len(sample) == 20 and all(len(s) == 50 for s in sample)  # whole documents, seeded choice
-    assert sample == patching.sample_documents(small, 1000, min_doc_bytes=100)
-    assert patching.sample_documents(big, None) == big
+    assert sample == documents.sample_documents(small, 1000, min_doc_bytes=100)
+    assert documents.sample_documents(big, None) == big
 
 
 def test_threshold_between_is_strict():
     lo, hi = np.float32(1.5), np.nextafter(np.float32(1.5), np.float32(2))
-    t = patching._threshold_between(float(lo), float(hi))
+    t = calibration._threshold_between(float(lo), float(hi))
     assert lo <= np.float32(t) < hi
 
 
@@ -133,7 +134,7 @@ def test_plot_boundaries_equal_patcher(model, expected, tmp_path):
     text = "Hello, world! The quick brown fox jumps over the lazy dog."
     out = tmp_path / "fig.png"
     theta = 1.5113499164581299  # the fixture's threshold
-    data = patching.plot_text(model, text, out, threshold=theta, dpi=80)
+    data = entropy_tools.plot_text(model, text, out, threshold=theta, dpi=80)
     assert viz.png_size(out) == viz.figure_size_px(data.n_positions, 80) == (int(round((0.85 + 0.25 + 0.16 * 59) * 80)),
                                                                                 272)
     np.testing.assert_array_equal(data.tokens, expected["s0_tokens"])
@@ -157,7 +158,7 @@ def test_plot_cli_html_non_ascii_and_invalid(fixture_dir, tmp_path, capsys):
     raw = "Grüße, 東京! Привет 🙂\n".encode() + b"bad \xff\xc3 end"
     src.write_bytes(raw)
     out = tmp_path / "p.png"
-    rc = patching.main(["plot", "--entropy-model", str(fixture_dir / "entropy_model"), "--file", str(src),
+    rc = entropy_tools.main(["plot", "--entropy-model", str(fixture_dir / "entropy_model"), "--file", str(src),
                         "--out", str(out), "--html", "--threshold", "1.2"])
     assert rc == 0
     assert "patches" in capsys.readouterr().out
@@ -197,11 +198,11 @@ def test_precompute_matches_live(model, tmp_path):
     for i, d in enumerate(docs):
         (data / f"d{i}.txt").write_bytes(d)
     cfg = DataConfig(source="text", path=str(data), allow_invalid_utf8=True)
-    out32 = patching.precompute_entropies(model, cfg, tmp_path / "e32", dtype="float32", chunk_len=512)["train"]
-    out16 = patching.precompute_entropies(model, str(data), tmp_path / "e16", chunk_len=128, overlap=64)["train"]
+    out32 = entropy_tools.precompute_entropies(model, cfg, tmp_path / "e32", dtype="float32", chunk_len=512)["train"]
+    out16 = entropy_tools.precompute_entropies(model, str(data), tmp_path / "e16", chunk_len=128, overlap=64)["train"]
     assert out16.entropies.dtype == np.float16 and len(out16) == len(docs)
     assert out16.entropies.shape[0] == full_stream_length(cfg) == sum(len(d) + 2 for d in docs)
-    pre = patching.load_precomputed(tmp_path / "e16")
+    pre = entropy_tools.load_precomputed(tmp_path / "e16")
     np.testing.assert_array_equal(pre.offsets, out16.offsets)
 
     # All documents as one right-padded batch: live entropies and the stored ones.
@@ -211,9 +212,9 @@ def test_precompute_matches_live(model, tmp_path):
     tokens = np.zeros((len(docs), n), np.int32)
     e32, e16 = np.zeros((2, len(docs), n), np.float32)
     for i, d in enumerate(docs):
-        tokens[i, :lengths[i]] = patching.encode_document(d)
+        tokens[i, :lengths[i]] = documents.encode_document(d)
         e32[i, :lengths[i]], e16[i, :lengths[i]] = out32.document(i), pre.document(i)
-    live = patching.row_entropies(model, tokens, batch_size=len(docs))
+    live = entropy_tools.row_entropies(model, tokens, batch_size=len(docs))
     real = np.arange(n)[None, :] < lengths[:, None]
     np.testing.assert_allclose(e32[real], live[real], atol=2e-5)
     first_chunk = real & (np.arange(n)[None, :] < 128)  # full context inside the first chunk
@@ -221,7 +222,7 @@ def test_precompute_matches_live(model, tmp_path):
     # Later chunks see 64 tokens of warm-up context: positions 128..191 of the long document are the
     # entropies of the row tokens[64:192] (a restart, as the official 8192-token chunking does).
     i = int(np.argmax(lengths))
-    ctx_row = patching.row_entropies(model, tokens[i:i + 1, 64:192])[0]
+    ctx_row = entropy_tools.row_entropies(model, tokens[i:i + 1, 64:192])[0]
     np.testing.assert_allclose(e16[i, 128:192], ctx_row[64:128], atol=4e-3, rtol=2e-3)
 
     # Patches from stored entropies == patches from the live model, at a threshold inside a gap of
@@ -230,11 +231,11 @@ def test_precompute_matches_live(model, tmp_path):
     mid = vals[len(vals) // 4: 3 * len(vals) // 4]
     k = int(np.argmax(np.diff(mid)))
     pcfg = PatcherConfig(mode="entropy", threshold=float((mid[k] + mid[k + 1]) / 2))
-    want = patching.rows_patch_lengths(pcfg, tokens, live, lengths, jit=True)
-    np.testing.assert_array_equal(patching.rows_patch_lengths(pcfg, tokens, e32, lengths, jit=True), want)
+    want = entropy_tools.rows_patch_lengths(pcfg, tokens, live, lengths, jit=True)
+    np.testing.assert_array_equal(entropy_tools.rows_patch_lengths(pcfg, tokens, e32, lengths, jit=True), want)
     short = np.minimum(lengths, 128)
-    np.testing.assert_array_equal(patching.rows_patch_lengths(pcfg, tokens, e16, short, jit=True),
-                                  patching.rows_patch_lengths(pcfg, tokens, live, short, jit=True))
+    np.testing.assert_array_equal(entropy_tools.rows_patch_lengths(pcfg, tokens, e16, short, jit=True),
+                                  entropy_tools.rows_patch_lengths(pcfg, tokens, live, short, jit=True))
     assert (want.sum(axis=1) == lengths).all()
 
     # The training pipeline reads the same file through DataConfig.entropies_path.
@@ -259,7 +260,7 @@ def test_calibrated_threshold_carries_over_to_training_patching_on_held_out_text
     stream = b"".join(generated_documents(num_docs=300).docs)
     cut = int(0.9 * len(stream))
     seq_len, target = 128, 3.0
-    res = patching.calibrate_threshold(model, [stream[:cut]], target=target, sample_bytes=None,
+    res = entropy_tools.calibrate_threshold(model, [stream[:cut]], target=target, sample_bytes=None,
                                        seq_len=seq_len)
     assert abs(res.bytes_per_patch / target - 1) < 0.02
     held_out = np.frombuffer(stream[cut:], np.uint8).astype(np.int32) + 4  # byte b -> token b + 4
@@ -275,3 +276,25 @@ def test_calibrated_threshold_carries_over_to_training_patching_on_held_out_text
 
     assert abs(training_size(res.threshold) / target - 1) < 0.05
     assert abs(training_size(res.threshold * 1.1) / target - 1) > 0.05  # the threshold is what matters
+
+
+def test_entropy_file_reader_checks_the_format_tag(tmp_path):
+    """The one entropies reader refuses a precompute directory written in another format."""
+    from bltjax.data import entropy_file
+
+    np.save(tmp_path / "entropies_train.npy", np.zeros(5, np.float16))
+    np.testing.assert_array_equal(entropy_file.open_entropies(tmp_path / "entropies_train.npy"), np.zeros(5))
+    (tmp_path / "index.json").write_text('{"format": "something-else"}')
+    with pytest.raises(ValueError, match="unknown format 'something-else'"):
+        entropy_file.open_entropies(tmp_path / "entropies_train.npy")
+
+
+def test_deprecated_patching_alias_forwards():
+    import importlib
+    import sys
+
+    sys.modules.pop("bltjax.patching", None)
+    with pytest.warns(DeprecationWarning, match="bltjax.entropy_tools"):
+        patching = importlib.import_module("bltjax.patching")
+    assert patching.main is entropy_tools.main
+    assert patching.open_checkpoint.__module__ == "bltjax.pretrained"

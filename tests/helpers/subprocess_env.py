@@ -4,7 +4,7 @@ import os
 import pathlib
 import re
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def env_with_devices(n: int) -> dict[str, str]:

@@ -1,8 +1,8 @@
 """Fault injection for the resume tests: run ``bltjax.train`` in this process and SIGKILL it mid-run.
 
-    python tests/train_child_kill.py --after-save-start STEP -- [bltjax.train arguments]
-    python tests/train_child_kill.py --in-step CALL -- [bltjax.train arguments]
-    python tests/train_child_kill.py --sigterm-in-step CALL -- [bltjax.train arguments]
+    python tests/helpers/train_child_kill.py --after-save-start STEP -- [bltjax.train arguments]
+    python tests/helpers/train_child_kill.py --in-step CALL -- [bltjax.train arguments]
+    python tests/helpers/train_child_kill.py --sigterm-in-step CALL -- [bltjax.train arguments]
 
 ``--after-save-start STEP``: kill right after ``CheckpointManager.save`` for STEP returned, i.e. while the
 async save is still being written.  ``--in-step CALL``: kill right after the CALL-th train step of this
@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     args, rest = ap.parse_known_args()
     rest = [a for a in rest if a != "--"]
 
-    from bltjax import checkpoint, train
+    from bltjax import checkpoint, train, train_loop
 
     def die() -> None:
         sys.stdout.flush()
@@ -49,7 +49,7 @@ def main() -> None:
         checkpoint.CheckpointManager.save = save
 
     if args.in_step is not None or args.sigterm_in_step is not None:
-        original_compile = train.compile_steps
+        original_compile = train_loop.compile_steps
         calls = {"n": 0}
 
         def compile_steps(*a, **kw):
@@ -70,7 +70,7 @@ def main() -> None:
 
             return train_fn, eval_exec
 
-        train.compile_steps = compile_steps
+        train_loop.compile_steps = compile_steps  # what TrainLoop calls
 
     sys.exit(train.main(rest))
 

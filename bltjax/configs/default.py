@@ -11,7 +11,8 @@ start over).
     python -m bltjax.train
     python -m bltjax.train --set steps=1000 --workdir runs/longer      # any field can be overridden
 
-``experiments/default.py`` re-exports this file so the default also reads like every other experiment.
+``experiments/default.py`` re-exports this file so the default also reads like every other experiment;
+other experiments import ``model_config`` from here instead of copying it.
 """
 
 from bltjax.config import BLTConfig, PatcherConfig

@@ -1,6 +1,6 @@
 """One process of the 2-process test in test_multiprocess.py (run as a script, 4 CPU devices each).
 
-    python tests/mp_child.py --coordinator 127.0.0.1:PORT --process-id I --num-processes 2 --workdir DIR
+    python tests/helpers/mp_child.py --coordinator 127.0.0.1:PORT --process-id I --num-processes 2 --workdir DIR
 
 Checks, on every process: distributed start-up, global batch assembly from per-process rows, a
 jitted sharded matmul, an Orbax save from both processes (with per-process Grain state) and restores
@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 GLOBAL_B, SEQ, DIM = 8, 16, 8
 
@@ -45,7 +45,8 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
     from jax.experimental import multihost_utils
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from bltjax import sharding as sh
     from bltjax.checkpoint import CheckpointManager

@@ -1,4 +1,4 @@
-"""Tiny training experiment for the trainer tests (``--config tests/train_child_tiny.py``).
+"""Tiny training experiment for the trainer tests (``--config tests/helpers/train_child_tiny.py``).
 
 A ~60k-parameter BLT (``tiny_blt_config``: local dim 32, global dim 64), 64-byte rows, batch 8, static
 patches, on 200 kB of the embedded corpus; logs every step, checkpoints every 3 steps (async), no

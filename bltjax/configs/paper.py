@@ -1,4 +1,4 @@
-"""Paper Table 10 BLT sizes (spec §12.1) as one table; ``experiments/blt_<size>.py`` select a row.
+"""Paper Table 10 BLT sizes (spec §12.1) as one table; ``experiments/blt_paper.py:<size>`` selects a row.
 
 Shared by every size: entropy patching at the released threshold (frozen entropy model, 14 x 768,
 window 512), hash n-grams 3..8 with 500002 rows, local window 512, rows of 16384 bytes (<= 4096
@@ -34,6 +34,10 @@ PAPER_SIZES = {
 
 
 def paper_config(name: str) -> TrainConfig:
+    """The training config of one Table 10 row: ``name`` is a key of ``PAPER_SIZES`` (``"blt_1b"``)."""
+    if name not in PAPER_SIZES:
+        sizes = ", ".join(k.removeprefix("blt_") for k in PAPER_SIZES)
+        raise ValueError(f"unknown paper size {name.removeprefix('blt_')!r} (choose one of {sizes})")
     d_local, l_dec, h_local, d_global, l_global, h_global, k, remat, batch, steps = PAPER_SIZES[name]
     model = BLTConfig(
         dim_local_encoder=d_local, dim_local_decoder=d_local, n_layers_local_encoder=1,

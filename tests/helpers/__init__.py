@@ -1,0 +1,1 @@
+"""Subprocess entry points and helpers for the tests (not test modules themselves)."""
