@@ -13,7 +13,7 @@ from bltjax import aot, aot_sweep, hlo_stats, tpu_chips
 from bltjax.config import tiny_blt_config
 from conftest import REPO
 
-TINY = str(REPO / "tests" / "train_child_tiny.py")
+TINY = str(REPO / "tests" / "helpers" / "train_child_tiny.py")
 
 
 def run(capsys, *argv):
