@@ -1,9 +1,9 @@
 """Compile the real train step (or the cached decoder) for a TPU pod from a CPU machine, and report.
 
-    python -m bltjax.aot --config experiments/blt_1b.py --topology v5p-128
-    python -m bltjax.aot --config experiments/blt_8b.py --topology v5p-512 --num-slices 2 --json out.json
-    python -m bltjax.aot --config experiments/blt_1b.py --topology v5e-8 --mode generate --batch 8
-    python -m bltjax.aot sweep --config experiments/blt_1b.py --topology v5p-128 \\
+    python -m bltjax.aot --config experiments/blt_paper.py:1b --topology v5p-128
+    python -m bltjax.aot --config experiments/blt_paper.py:8b --topology v5p-512 --num-slices 2 --json out.json
+    python -m bltjax.aot --config experiments/blt_paper.py:1b --topology v5e-8 --mode generate --batch 8
+    python -m bltjax.aot sweep --config experiments/blt_paper.py:1b --topology v5p-128 \\
         --grid mesh.ici_fsdp=64,32 --grid model.remat=dots,full --out sweeps/1b
 
 ``train`` mode lowers the function ``python -m bltjax.train`` jits (``train_step.make_steps``: in-step
@@ -64,8 +64,15 @@ def _common_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bltjax.aot", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", nargs="?", choices=("sweep",),
+                   help="'sweep': compile a grid of --set overrides (python -m bltjax.aot sweep --help)")
     _common_args(p)
     p.add_argument("--json", default=None, help="also write the report as JSON here")
+    g = p.add_argument_group("sweep (python -m bltjax.aot sweep ...)")
+    g.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="values to try for one config field (repeatable: the grid is their product)")
+    g.add_argument("--out", default=None, help="directory for sweep.md / sweep.json / sweep.png")
+    g.add_argument("--workers", type=int, default=2, help="compiles in parallel (one process each)")
     p.add_argument("--hlo", default=None, help="also write the optimised (per-device) HLO text here")
     return p
 
@@ -333,6 +340,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return aot_sweep.main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.grid or args.out:
+        print("error: --grid / --out belong to 'python -m bltjax.aot sweep'", file=sys.stderr)
+        return EXIT_USAGE
     prepare_platform(args.topology)
     from bltjax.train import UsageError, one_line
 

@@ -1,6 +1,6 @@
 """``python -m bltjax.aot sweep``: compile a grid of ``--set`` overrides, one point per worker process.
 
-    python -m bltjax.aot sweep --config experiments/blt_1b.py --topology v5p-128 \\
+    python -m bltjax.aot sweep --config experiments/blt_paper.py:1b --topology v5p-128 \\
         --grid mesh.ici_fsdp=64,32 --grid model.remat=dots,full --grid global_batch_size=256,512 \\
         --out sweeps/blt_1b --workers 2
 
@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="values to try for one config field (repeatable: the grid is their product)")
     p.add_argument("--out", required=True, help="directory for sweep.md / sweep.json / sweep.png")
     p.add_argument("--workers", type=int, default=2, help="compiles in parallel (one process each)")
+    p.add_argument("--json", default=None, help=argparse.SUPPRESS)  # accepted, unused (sweep.json is written)
+    p.add_argument("--hlo", default=None, help=argparse.SUPPRESS)
     return p
 
 
