@@ -41,6 +41,15 @@ class DoesNotFit(RuntimeError):
         super().__init__(message)
         self.parts = parts or {}
 
+    @property
+    def needed_bytes(self) -> Optional[float]:
+        """XLA's temporaries figure plus the parts known before compiling (None when not given)."""
+        m = re.search(r"needs ([\d.]+)([KMGTP]?)iB of HLO temporaries", str(self))
+        if not m:
+            return None
+        scale = 1 << (10 * " KMGTP".index(m.group(2) or " "))
+        return float(m.group(1)) * scale + sum(self.parts.values())
+
 
 # ====================================================================== command line
 def _common_args(p: argparse.ArgumentParser) -> None:

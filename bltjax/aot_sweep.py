@@ -61,7 +61,7 @@ def run_point(argv: list[str], point: list[str]) -> dict:
     except UsageError as e:
         return {"point": point, "status": "error", "reason": one_line(e)}
     except aot.DoesNotFit as e:
-        return {"point": point, "status": "no fit", "reason": str(e), "parts": e.parts}
+        return {"point": point, "status": "no fit", "reason": str(e), "parts": e.parts, "needed": e.needed_bytes}
     except Exception as e:  # noqa: BLE001 -- one broken point must not end the sweep
         return {"point": point, "status": "error", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     fits = report["memory"]["fits"]
@@ -75,7 +75,7 @@ def _row(res: dict) -> dict[str, Any]:
     est = (r or {}).get("estimate") or {}
     mem = (r or {}).get("memory") or {}
     return {"point": ", ".join(res["point"]) or "(config as is)", "status": res["status"],
-            "gib": mem.get("total", 0) / (1 << 30) if mem else None,
+            "gib": mem["total"] / (1 << 30) if mem else (res["needed"] / (1 << 30) if res.get("needed") else None),
             "step_ms": est["step_s"] * 1e3 if "step_s" in est else None,
             "mfu": est.get("mfu"), "coll_gib": r["collective_bytes"] / (1 << 30) if r else None,
             "reason": res.get("reason", "")}

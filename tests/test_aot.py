@@ -186,3 +186,9 @@ def test_mesh_on_a_topology_is_built_like_training(topology, slices, mesh):
                                           "--set", "global_batch_size=16"])
     cfg, topo, devices, built = aot.load_target(args)
     assert dict(built.shape) == mesh and len(devices) == topo.num_chips
+
+
+def test_needed_bytes_of_an_xla_refusal():
+    e = aot.DoesNotFit("needs 2.50GiB of HLO temporaries per device, 1.00GiB of HBM available", {"parameters": 1024})
+    assert e.needed_bytes == 2.5 * 2**30 + 1024
+    assert aot.DoesNotFit("something else").needed_bytes is None
