@@ -61,7 +61,7 @@ def parse_module(text: str) -> tuple[dict[str, list[Instr]], str]:
                 comps[current] = []
                 if m.group(1):
                     entry = current
-            elif line.startswith("}"):
+            elif line.rstrip() == "}":  # (a custom call's multi-line config may start a line with "}}")
                 current = None
             continue
         if current is None:
@@ -72,13 +72,31 @@ def parse_module(text: str) -> tuple[dict[str, list[Instr]], str]:
     return comps, entry
 
 
+_COND = re.compile(r"condition=%?([\w.\-]+)")
+_CONST = re.compile(r"^s32\[\]")
+
+
+def _trip_count(ins: Instr, comps: dict[str, list[Instr]]) -> int:
+    """A while loop's trip count: XLA's ``known_trip_count``, else the single s32 constant its condition
+    compares against (``i < N`` from 0, the form scans and fori loops take); 1 when unknown."""
+    trip = _TRIP.search(ins.rest)
+    if trip:
+        return int(trip.group(1))
+    cond = _COND.search(ins.rest)
+    body = comps.get(cond.group(1), []) if cond else []
+    consts = [re.match(r"(-?\d+)\)", i.rest) for i in body if i.op == "constant" and _CONST.match(i.shape)]
+    consts = [int(m.group(1)) for m in consts if m]
+    if len(consts) == 1 and any(i.op == "compare" and "direction=LT" in i.rest for i in body) and consts[0] > 0:
+        return consts[0]
+    return 1
+
+
 def multipliers(comps: dict[str, list[Instr]], entry: str) -> dict[str, int]:
     """How many times each computation runs per execution of ``entry`` (loops with known trip counts)."""
     edges: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for comp, instrs in comps.items():
         for ins in instrs:
-            trip = _TRIP.search(ins.rest)
-            n = int(trip.group(1)) if (ins.op == "while" and trip) else 1
+            n = _trip_count(ins, comps) if ins.op == "while" else 1
             for kind, callee in _REFS.findall(ins.rest):
                 edges[comp].append((callee, n if kind in ("body", "condition") else 1))
             for group in _BRANCHES.findall(ins.rest):
