@@ -20,8 +20,12 @@ back to the previous good step.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import re
+import sys
 import time
+import traceback
 import warnings
 from typing import Any, Optional
 
@@ -41,6 +45,102 @@ COMMIT_MARKER = "commit_success.txt"
 
 class CheckpointCorruptionWarning(UserWarning):
     """A checkpoint step was incomplete or unreadable and was skipped."""
+
+
+_TMP_STEP = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
+
+
+def short_error(e: BaseException, limit: int = 300) -> str:
+    """One short line for a restore failure: TensorStore's spec dumps and driver chains cut away.
+
+    ``DATA_LOSS: Error opening "cast" driver: ... Error decoding local file ".../manifest.ocdbt":
+    Error decoding manifest: Encoded length (0) ... [tensorstore_spec=...]`` becomes
+    ``.../manifest.ocdbt: Error decoding manifest: Encoded length (0) ...``.
+    """
+    text = " ".join(str(e).split()) or type(e).__name__
+    os_reason = re.search(r"([^:\[]+?)\s*\[os_error", text)  # a failed OS call: its reason + the file
+    quoted = re.findall(r'"(/[^"]+)"', text)
+    if os_reason and quoted:
+        return f"{quoted[-1]}: {os_reason.group(1).strip()}"
+    text = text.split(" [tensorstore_spec", 1)[0].split(" [source locations", 1)[0]
+    files = re.findall(r'local file "([^"]+)"', text)
+    if files:
+        tail = text.rsplit(f'local file "{files[-1]}"', 1)[1].lstrip(": ")
+        text = f"{files[-1]}: {tail}" if tail else files[-1]
+    else:
+        text = f"{type(e).__name__}: {text}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class CheckpointSaveError(OSError):
+    """Writing a checkpoint step failed (disk full, permissions, ...).  The step is discarded:
+    it has no commit marker and is never chosen on resume; older complete steps stay usable."""
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    text = str(e)
+    return getattr(e, "errno", None) == errno.ENOSPC or "RESOURCE_EXHAUSTED" in text or "No space left" in text
+
+
+class _OrbaxSaveNoise(logging.Filter):
+    """Drops the ERROR records (with tracebacks) Orbax's background threads log when a save fails:
+    CheckpointManager reports the failure itself, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "asyncio":  # "Task exception was never retrieved" for an abandoned Orbax write
+            return not ("never retrieved" in record.getMessage() and "orbax" in record.getMessage())
+        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+def _install_noise_filters() -> None:
+    """Once per process: silence Orbax/TensorStore's secondary tracebacks after a failed async save
+    (``RuntimeError: Event loop is closed`` from TensorStore callbacks into closed event loops,
+    ``Exception ignored in <coroutine ...>`` of abandoned writes at exit).  Nothing else changes."""
+    if getattr(sys.excepthook, "_bltjax", False):
+        return
+    logging.getLogger("absl").addFilter(_OrbaxSaveNoise())
+    logging.getLogger("asyncio").addFilter(_OrbaxSaveNoise())
+    previous_hook, previous_unraisable = sys.excepthook, sys.unraisablehook
+
+    def excepthook(tp, value, tb):  # noqa: ANN001
+        if tp is RuntimeError and str(value) == "Event loop is closed" and tb is not None:
+            frames = traceback.extract_tb(tb)
+            if frames and frames[0].name == "call_soon_threadsafe":
+                return
+        previous_hook(tp, value, tb)
+
+    def unraisablehook(u):  # noqa: ANN001
+        code = getattr(u.object, "cr_code", None)
+        if code is not None and ("orbax" in code.co_filename or "tensorstore" in code.co_filename):
+            return
+        previous_unraisable(u)
+
+    excepthook._bltjax = True  # type: ignore[attr-defined]
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+
+    # TensorStore completes the writes of an abandoned save from its own threads by calling
+    # ``call_soon_threadsafe`` on the (closed) event loop of the failed save, and prints each
+    # RuntimeError itself.  A call with no Python caller (straight from C++) on a closed loop is
+    # dropped instead; Python callers still get the RuntimeError.
+    import asyncio
+
+    original = asyncio.BaseEventLoop.call_soon_threadsafe
+
+    def call_soon_threadsafe(self, callback, *args, context=None):  # noqa: ANN001
+        if self.is_closed():
+            try:
+                sys._getframe(1)
+            except ValueError:  # called from C++, nobody to raise to
+                return None
+        return original(self, callback, *args, context=context)
+
+    asyncio.BaseEventLoop.call_soon_threadsafe = call_soon_threadsafe  # type: ignore[method-assign]
+
+
+def _warn(msg: str) -> None:
+    """One warning per event, on process 0 only (every process sees the same directory)."""
+    if jax.process_index() == 0:
+        warnings.warn(msg, CheckpointCorruptionWarning, stacklevel=3)
 
 
 def _as_path(directory: Any) -> epath.Path:
@@ -92,6 +192,10 @@ class CheckpointManager:
             raise ValueError(f"keep_every must be >= 1 or None, got {keep_every}")
         self.directory = _as_path(directory)
         self.read_only = bool(read_only)
+        self._pending_step: Optional[int] = None  # the async save in flight (or last started)
+        _install_noise_filters()
+        if not read_only:
+            self._report_half_written()
         self._default_metadata = dict(metadata or {})
         keep: list[Any] = [ocm.LatestN(keep_latest)]
         if keep_every is not None:
@@ -107,6 +211,17 @@ class CheckpointManager:
                 read_only=read_only,
             )
             self._mngr = ocp.CheckpointManager(self.directory, options=options)
+
+    def _report_half_written(self) -> None:
+        """Name the saves a crash left unfinished (Orbax temporary step directories), which Orbax
+        deletes when the manager opens; they are never chosen on resume."""
+        try:
+            names = [p.name for p in self.directory.iterdir()] if self.directory.exists() else []
+        except OSError:
+            return
+        for step in sorted({int(m.group(1)) for n in names if (m := _TMP_STEP.match(n))}):
+            _warn(f"checkpoint step {step} in {self.directory} was half-written (its save did not finish): "
+                  f"discarded; resuming from the newest complete step")
 
     # ------------------------------------------------------------------ queries
     def _step_dir(self, step: int) -> epath.Path:
@@ -155,7 +270,24 @@ class CheckpointManager:
         }
         if data_iterator is not None:
             items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
-        return self._mngr.save(step, args=ocp.args.Composite(**items), force=force)
+        try:
+            started = self._mngr.save(step, args=ocp.args.Composite(**items), force=force)
+        except Exception as e:  # noqa: BLE001 -- this save, or the previous async one, failed
+            raise self._save_error(e, self._pending_step if self._pending_step is not None else step) from e
+        if started:
+            self._pending_step = step
+        return started
+
+    def _save_error(self, e: BaseException, step: int) -> CheckpointSaveError:
+        reason = "no space left on device (the disk is full)" if _is_disk_full(e) else short_error(e)
+        try:
+            good = [s for s in self.all_steps() if s != step]
+        except Exception:  # noqa: BLE001 -- the error being reported matters more
+            good = []
+        keep = f"newest complete checkpoint: step {good[-1]}" if good else "no complete checkpoint"
+        return CheckpointSaveError(errno.ENOSPC if _is_disk_full(e) else errno.EIO,
+                                   f"saving checkpoint step {step} failed: {reason}; {keep} "
+                                   f"(the unfinished step is never used on resume)", str(self.directory))
 
     # ------------------------------------------------------------------ restore
     def restore(self, step: Optional[int] = None, abstract_state: Any = None,
@@ -193,15 +325,14 @@ class CheckpointManager:
                 try:
                     result = self._restore_step(s, abstract_state, data_iterator)
                 except Exception as e:  # noqa: BLE001 -- any read failure means "try an older step"
-                    reason = f"restoring it failed with {type(e).__name__}: {str(e)[:500]}"
+                    reason = f"it cannot be read ({short_error(e)})"
                     unreadable.append(s)
                     first_error = first_error or e
                 else:
                     self._quarantine(incomplete + unreadable)
                     return result
             msg = f"checkpoint step {s} in {self.directory} is skipped: {reason}"
-            warnings.warn(msg, CheckpointCorruptionWarning, stacklevel=2)
-            log.warning(msg)
+            _warn(msg)
             skipped.append(msg)
         # Every complete step failed to restore: more likely a wrong abstract_state than corruption
         # of all of them, so only the structurally incomplete steps are moved aside.
@@ -234,7 +365,7 @@ class CheckpointManager:
                 dst = self.directory / f"{s}.corrupt-{stamp}"
                 try:
                     move_tree(src, dst)
-                    log.warning("moved unusable checkpoint step %d to %s", s, dst)
+                    log.info("moved unusable checkpoint step %d to %s", s, dst)
                 except OSError as e:  # leave it; a later save of this step will then fail loudly
                     log.error("could not move unusable checkpoint step %d aside: %s", s, e)
         _sync("bltjax_checkpoint_quarantine")
@@ -242,13 +373,21 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------ lifecycle
     def wait_until_finished(self) -> None:
-        """Block until in-flight async saves are committed."""
-        self._mngr.wait_until_finished()
+        """Block until in-flight async saves are committed; ``CheckpointSaveError`` if one failed."""
+        try:
+            self._mngr.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            step, self._pending_step = self._pending_step, None
+            raise self._save_error(e, step if step is not None else -1) from e
+        self._pending_step = None
 
     def close(self) -> None:
-        """Wait for pending saves and release Orbax resources."""
-        self._mngr.wait_until_finished()
-        self._mngr.close()
+        """Wait for pending saves and release Orbax resources (``CheckpointSaveError`` if a save failed)."""
+        try:
+            self.wait_until_finished()
+        finally:
+            with contextlib.suppress(Exception):
+                self._mngr.close()
 
     def __enter__(self) -> CheckpointManager:
         return self
@@ -314,4 +453,5 @@ def load_params(directory: Any, abstract: Any = None) -> tuple[Any, dict]:
     return restored[PARAMS], dict(metadata or {})
 
 
-__all__ = ["CheckpointManager", "CheckpointCorruptionWarning", "save_params", "load_params"]
+__all__ = ["CheckpointManager", "CheckpointCorruptionWarning", "CheckpointSaveError", "short_error", "save_params",
+           "load_params"]

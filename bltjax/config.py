@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any, Literal, Optional
 
 PatchingMode = Literal["entropy", "space", "static", "byte", "bpe"]
@@ -20,6 +21,73 @@ PatchingMode = Literal["entropy", "space", "static", "byte", "bpe"]
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
+
+
+# ---------------------------------------------------------------------- numeric range checks
+# Every int field of a config dataclass is a size or count (>= 1) unless listed here with its own
+# lower bound (None: any int).  Float fields must be finite, and > 0 when listed in POSITIVE_FLOATS.
+# Keys are "ClassName.field"; check_ranges walks nested config dataclasses, so a new int field is
+# range-checked without new code.
+INT_FIELD_MINIMUM: dict[str, Optional[int]] = {
+    "BLTConfig.eos_id": 0,
+    "TransformerConfig.eos_id": 0,
+    "TrainConfig.seed": None,
+    "TrainConfig.eval_every": 0,  # 0 disables evaluation
+    "TrainConfig.eval_batches": 0,
+    "OptimConfig.warmup_steps": 0,
+    "DataConfig.seed": 0,
+    "DataConfig.worker_count": 0,
+    "DataConfig.read_threads": 0,
+    "DataConfig.prefetch_batches": 0,
+    "PatcherConfig.max_patches": 2,
+    "TrainConfig.seq_len": 2,
+}
+# Int fields where -1 is a sentinel ("the remaining devices") besides the minimum.
+INT_FIELD_SENTINELS: dict[str, tuple[int, ...]] = {
+    f"MeshConfig.{g}_{a}": (-1,) for g in ("ici", "dcn") for a in ("data", "fsdp", "tensor")
+}
+POSITIVE_FLOATS = frozenset({
+    "PatcherConfig.patch_size", "TransformerConfig.norm_eps", "TransformerConfig.rope_theta",
+    "TransformerConfig.ffn_dim_multiplier", "BLTConfig.norm_eps", "BLTConfig.rope_theta",
+    "BLTConfig.ffn_dim_multiplier", "OptimConfig.lr", "OptimConfig.eps", "OptimConfig.clip",
+})
+
+
+def _range_error(key: str, value: Any, need: str) -> ValueError:
+    return ValueError(f"{key} must be {need}, got {value!r}")
+
+
+def check_ranges(cfg: Any, prefix: str = "") -> None:
+    """Raise ValueError naming the dotted key of the first numeric field out of range.
+
+    Walks ``cfg`` and every nested bltjax config dataclass (Optional sections only when set).  Runs
+    before any derived size (head dim, FFN width, patch counts) is computed, so a zero or negative
+    size is reported as such instead of a ZeroDivisionError deep inside the model.
+    """
+    if not type(cfg).__module__.startswith("bltjax."):
+        return  # a section class from elsewhere checks its own fields in its validate()
+    cls = type(cfg).__name__
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key, rule = f"{prefix}{f.name}", f"{cls}.{f.name}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_ranges(value, key + ".")
+            continue
+        items = value if isinstance(value, tuple) else (value,)
+        for i, v in enumerate(items):
+            where = key if not isinstance(value, tuple) else f"{key}[{i}]"
+            if isinstance(v, bool) or v is None:
+                continue
+            if isinstance(v, int):
+                lo = INT_FIELD_MINIMUM.get(rule, 1)
+                if lo is not None and v < lo and v not in INT_FIELD_SENTINELS.get(rule, ()):
+                    extra = "".join(f" or {s}" for s in INT_FIELD_SENTINELS.get(rule, ()))
+                    raise _range_error(where, v, f"an integer >= {lo}{extra}")
+            elif isinstance(v, float):
+                if not math.isfinite(v):
+                    raise _range_error(where, v, "a finite number")
+                if rule in POSITIVE_FLOATS and v <= 0:
+                    raise _range_error(where, v, "> 0")
 
 
 def mean_causal_context(seq_len: int, window: Optional[int]) -> float:
@@ -63,6 +131,7 @@ class PatcherConfig:
     patches_sum_to_n: bool = False
 
     def validate(self) -> PatcherConfig:
+        check_ranges(self)
         _check(self.mode in ("entropy", "space", "static", "byte", "bpe"),
                f"unknown patching mode {self.mode!r}")
         _check(self.max_patch_length is None or self.max_patch_length >= 1,
@@ -106,6 +175,7 @@ class TransformerConfig:
         return ffn_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
 
     def validate(self) -> TransformerConfig:
+        check_ranges(self)
         _check(self.dim % self.n_heads == 0 or self.head_dim is not None,
                f"dim {self.dim} not divisible by n_heads {self.n_heads}")
         _check(self.n_heads % self.kv_heads == 0, "n_heads must be a multiple of n_kv_heads")
@@ -120,8 +190,11 @@ class TransformerConfig:
 
     def flops_per_byte(self, seq_len: int, training: bool = False) -> float:
         """Forward (or training, 3x) FLOPs per byte of this byte LM (e.g. the entropy model):
-        2 x (non-embedding matmul params incl. the output head) + attention scores (QK and AV)."""
-        matmul_params = self.num_params() - self.vocab_size * self.dim  # input embedding is a lookup
+        2 x (matmul weights incl. the output head; embedding lookup and norms are free) + attention
+        scores and weighted values (4 x width x mean causal keys per layer)."""
+        d, hd = self.dim, self.hdim
+        blocks = self.n_layers * (2 * d * self.n_heads * hd + 2 * d * self.kv_heads * hd + 3 * d * self.ffn_dim)
+        matmul_params = blocks + self.vocab_size * d  # the output head; the input embedding is a lookup
         attn = 2 * 2 * self.n_layers * self.n_heads * self.hdim * mean_causal_context(seq_len, self.sliding_window)
         fwd = 2 * matmul_params + attn
         return fwd * (3.0 if training else 1.0)
@@ -211,6 +284,7 @@ class BLTConfig:
         return self.n_layers_local_decoder if self.cross_attn_all_layers_decoder else 1
 
     def validate(self) -> BLTConfig:
+        check_ranges(self)
         _check(self.dim_local_encoder == self.dim_local_decoder,
                "dim_local_decoder must equal dim_local_encoder (the decoder reads encoder states)")
         for name, d, h in (("local_encoder", self.dim_local_encoder, self.n_heads_local_encoder),
@@ -271,31 +345,45 @@ class BLTConfig:
         return out
 
     def flops_per_byte(self, bytes_per_patch: float, seq_len_bytes: int, training: bool = True) -> float:
-        """Paper-style FLOPs per byte (spec §11): embedding lookups are free, backward = 2x forward.
+        """Paper FLOPs per byte (arXiv 2412.09871 §4.5 Eq. 13 and appendix B; spec §11).
 
-        Forward per byte = 2 * (local encoder + local decoder + output head matmul params)
-        + 2 * (global params + encoder cross-attention + patch projections) / bytes_per_patch
-        + attention score terms (local: window-limited, global: per patch, cross: per slot).
+        Forward per byte = 2 x (matmul weights applied once per byte)
+        + 2 x (matmul weights applied once per patch) / bytes_per_patch
+        + attention scores and weighted values, 4 x width x (keys per query) per attention layer.
+
+        Per byte: local encoder and decoder blocks (q, k, v, o, SwiGLU), the encoder cross-attention's
+        k/v (its keys are bytes), the decoder cross-attention's q/o (its queries are bytes), the output
+        head.  Per patch: the global blocks and input projection, the encoder patch projection and
+        cross-attention q/o (k query slots per patch), the decoder patch projection and cross-attention
+        k/v (k key slots per patch).  Keys per query: the mean causal (windowed) context for
+        self-attention (bytes for the local models, patches for the global one), k slots for a decoder
+        byte, the ~bytes_per_patch bytes of its patch for an encoder slot.  Embedding and hash lookups
+        and norms are free; backward = 2x forward (``training`` multiplies by 3).
         """
-        p = self.num_params(include_hash=False)
         dE, dD, dG, k = self.dim_local_encoder, self.dim_local_decoder, self.dim_global, self.cross_attn_k
-        ps = float(bytes_per_patch)
-        # mean number of keys per query under a causal window: ramps up to W, then stays at W
-        local_ctx = mean_causal_context(seq_len_bytes, self.local_attention_window_len or seq_len_bytes)
-        patches = seq_len_bytes / ps
-        # byte-rate matmuls: local blocks, decoder cross-attention (q/o per byte; k/v per patch slot)
-        enc_blocks = p["local_encoder"] - self.n_cross_encoder * (4 * dE * dE + 2 * dE) - dE * k * dE
-        dec_cross = self.n_cross_decoder * (4 * dD * dD)
-        dec_blocks = p["local_decoder"] - self.n_cross_decoder * (4 * dD * dD + 2 * dD) - dG * k * dD - dD
-        per_byte = enc_blocks + dec_blocks + p["output_head"] + dec_cross / 2
-        per_byte_attn = (self.n_layers_local_encoder * dE + self.n_layers_local_decoder * dD) * 2 * local_ctx
-        # patch-rate matmuls: global blocks, projections, encoder cross-attn q/o per slot
-        per_patch = (p["global_transformer"] + dE * k * dE + dG * k * dD
-                     + self.n_cross_encoder * k * 2 * dE * dE + dec_cross * k / 2)
-        per_patch_attn = self.n_layers_global * dG * 2 * (patches / 2)
-        # cross attention scores: each byte sees k slots (decoder) / each slot sees ~ps bytes (encoder)
-        cross_attn = self.n_cross_decoder * dD * 2 * k + self.n_cross_encoder * dE * 2 * k
-        fwd = 2 * (per_byte + per_patch / ps) + 2 * (per_byte_attn + per_patch_attn / ps + cross_attn)
+        ps, n = float(bytes_per_patch), int(seq_len_bytes)
+        x_e, x_d = self.n_cross_encoder, self.n_cross_decoder
+
+        def block(d: int, heads: int, kv: int) -> int:  # q, o + k, v + SwiGLU w1, w2, w3
+            hd = d // heads
+            return 2 * d * heads * hd + 2 * d * kv * hd + 3 * d * self.local_ffn_dim(d)
+
+        kv_local = self.n_kv_heads
+        per_byte = (self.n_layers_local_encoder * block(dE, self.n_heads_local_encoder,
+                                                       kv_local or self.n_heads_local_encoder)
+                    + self.n_layers_local_decoder * block(dD, self.n_heads_local_decoder,
+                                                         kv_local or self.n_heads_local_decoder)
+                    + x_e * 2 * dE * dE + x_d * 2 * dD * dD + self.vocab_size * dD)
+        kv_global = self.n_kv_heads_global or self.n_heads_global
+        per_patch = (self.n_layers_global * block(dG, self.n_heads_global, kv_global)
+                     + (self.patch_dim * dG if self.global_input_projection else 0)
+                     + dE * k * dE + x_e * k * 2 * dE * dE + dG * k * dD + x_d * k * 2 * dD * dD)
+        local_keys = mean_causal_context(n, self.local_attention_window_len)
+        attn_per_byte = 4 * (self.n_layers_local_encoder * dE + self.n_layers_local_decoder * dD) * local_keys
+        # cross-attention: a decoder byte sees k slots; an encoder slot sees ~ps bytes (k slots per patch)
+        attn_per_byte += 4 * x_d * dD * k + 4 * x_e * dE * k
+        attn_per_patch = 4 * self.n_layers_global * dG * mean_causal_context(n / ps, None)
+        fwd = 2 * per_byte + 2 * per_patch / ps + attn_per_byte + attn_per_patch / ps
         return fwd * (3.0 if training else 1.0)
 
     # ------------------------------------------------------------------ (de)serialisation
@@ -361,5 +449,5 @@ def spec19_blt_config(**overrides: Any) -> BLTConfig:
     return BLTConfig(**base).validate()
 
 
-__all__ = ["PatcherConfig", "TransformerConfig", "BLTConfig", "ffn_hidden_dim", "mean_causal_context",
-           "train_flops_per_step", "tiny_blt_config", "spec19_blt_config"]
+__all__ = ["check_ranges", "INT_FIELD_MINIMUM", "PatcherConfig", "TransformerConfig", "BLTConfig", "ffn_hidden_dim",
+           "mean_causal_context", "train_flops_per_step", "tiny_blt_config", "spec19_blt_config"]

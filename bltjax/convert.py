@@ -85,4 +85,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from bltjax.cli import run_cli
+
+    sys.exit(run_cli(main))

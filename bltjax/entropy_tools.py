@@ -346,9 +346,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 if __name__ == "__main__":
     from bltjax import hugepages
+    from bltjax.cli import run_cli
 
     hugepages.reexec()
-    sys.exit(main())
+    sys.exit(run_cli(main))
 
 
 __all__ = ["EntropyModel", "load_entropy_model", "context_config", "row_entropies", "text_entropies",

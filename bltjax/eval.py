@@ -482,9 +482,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 if __name__ == "__main__":
     from bltjax import hugepages
+    from bltjax.cli import run_cli
 
     hugepages.reexec()
-    sys.exit(main())
+    sys.exit(run_cli(main))
 
 
 __all__ = ["FileEval", "EvalReport", "mean_causal_context", "lm_flops_per_byte", "count_chars", "file_windows",

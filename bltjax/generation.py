@@ -199,6 +199,7 @@ def _prepare_model(pretrained) -> tuple[BLTConfig, dict, Optional[dict]]:
         eparams = jax.tree.map(lambda a: jnp.asarray(a, edt), eparams)
     else:
         eparams = None
+    blt.check_params(cfg, pretrained.params)
     return cfg, pretrained.params, eparams
 
 
@@ -441,7 +442,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             prompts = [line.rstrip("\n") for line in f]
         prompts = [p for p in prompts if p]
         if not prompts:
-            raise SystemExit(f"{args.prompt_file}: no prompts")
+            raise ValueError(f"{args.prompt_file}: no prompts")
     else:
         prompts = [args.prompt]
     stops = [_unescape(s) for s in args.stop]
@@ -492,6 +493,7 @@ __all__ = ["Model", "GenerationResult", "generate", "sample_tokens", "encode_sto
 
 if __name__ == "__main__":
     from bltjax import hugepages
+    from bltjax.cli import run_cli
 
     hugepages.reexec()
-    sys.exit(main())
+    sys.exit(run_cli(main))

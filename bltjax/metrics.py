@@ -22,7 +22,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
 import jax
@@ -159,8 +159,13 @@ class MetricsWriter:
         self._mirror = LocalMirror(self.workdir, download=(filename,))
         self._file = open(self._mirror.local / filename, "a", buffering=1, encoding="utf-8")
         if tensorboard:
+            import logging
+
             from tensorboardX import SummaryWriter
 
+            # NaN/inf values are logged on purpose (a diverging run): the trainer reports them in one
+            # error line, so tensorboardX's per-scalar "NaN or Inf found in input tensor." is muted.
+            logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
             self._tb = SummaryWriter(logdir=str(self._mirror.local / tb_subdir))
 
     @property
@@ -332,10 +337,43 @@ def progress_bar(iterable=None, *, total: Optional[int] = None, desc: str, unit:
                 mininterval=0.1 if tty else 30.0)
 
 
+
+class OverflowWatch:
+    """Patch overflow on the console: a warning the first time a logged step has ``overflow_frac`` > 0
+    (rows that needed more patches than the static budget were truncated), and a closing summary."""
+
+    def __init__(self, limit: str, warn: Callable[[str], None]):
+        self.limit, self.warn = limit, warn  # limit: e.g. "model.patcher.max_patches=17"
+        self.steps: list[tuple[int, float]] = []
+        self.logged = 0
+
+    def update(self, step: int, frac: float) -> None:
+        self.logged += 1
+        if not frac > 0:
+            return
+        self.steps.append((step, float(frac)))
+        if len(self.steps) == 1:
+            self.warn(f"step {step}: {frac:.0%} of rows needed more patches than {self.limit} and were truncated "
+                      f"(their last patch absorbs the rest); raise model.patcher.max_patches or "
+                      f"model.patcher.patch_size (overflow_frac in metrics.jsonl)")
+
+    def summary(self) -> Optional[str]:
+        if not self.steps:
+            return None
+        worst = max(f for _, f in self.steps)
+        return (f"patch overflow in {len(self.steps)} of {self.logged} logged steps (up to {worst:.0%} of rows "
+                f"truncated at {self.limit})")
+
+    def summarize(self) -> None:
+        text = self.summary()
+        if text:
+            self.warn(text)
+
+
 __all__ = [
     "PEAK_BF16_FLOPS", "ENV_PEAK_FLOPS", "CpuInfo", "cpu_info", "measure_matmul_flops", "measured_cpu_flops",
     "cpu_peak_flops", "peak_flops_for_kind",
     "peak_flops_per_device", "mfu", "train_flops_per_step", "Throughput", "to_scalars", "MetricsWriter", "read_jsonl",
-    "format_duration", "format_progress", "ConsoleProgress", "progress_bar",
+    "format_duration", "format_progress", "ConsoleProgress", "progress_bar", "OverflowWatch",
 ]
 

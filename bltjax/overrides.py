@@ -274,7 +274,10 @@ def _set_path(root: Any, obj: Any, parts: list[str], value: Any, raw: Optional[s
         new = _set_path(root, current, rest, value, raw, key, prefix + name + ".")
     else:
         new = coerce_value(value, tp, key, raw)
-    return dataclasses.replace(obj, **{name: new})
+    try:
+        return dataclasses.replace(obj, **{name: new})
+    except (ValueError, TypeError) as e:  # a section's __post_init__ check: name the key
+        raise ValueError(str(e) if key in str(e) else f"{key}: {e}") from None
 
 
 def apply_overrides(cfg: Any, overrides: Sequence[str] | Mapping[str, Any], validate: bool = True) -> Any:

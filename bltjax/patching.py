@@ -22,6 +22,7 @@ __all__ = [*_tools_all, "LoadedCheckpoint", "open_checkpoint", "read_files", "re
 
 if __name__ == "__main__":
     from bltjax import hugepages
+    from bltjax.cli import run_cli
 
     hugepages.reexec()
-    sys.exit(main())
+    sys.exit(run_cli(main))

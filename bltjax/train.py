@@ -8,9 +8,10 @@ Workdir layout: see ``bltjax.workdir`` (``config.json``, ``run.json``, ``metrics
 ``checkpoints/<step>/``).  Starting again with the same workdir resumes from the newest complete
 checkpoint, on any mesh shape or process count; a changed model shape is refused.
 
-Exit codes: 0 done (or stopped cleanly by SIGTERM after saving); 2 bad input / config (one line
-``error: ...`` on stderr, nothing written); 3 the loss became NaN/inf (the last good checkpoint is
-kept, nothing is saved after the divergence).
+Exit codes (see docs/reliability.md): 0 done (or stopped cleanly by SIGTERM / Ctrl-C after saving); 2 bad
+input / config, an OS error on a path, a failed save, a lost peer process (one line ``error: ...`` on
+stderr, nothing written before validation); 3 the loss became NaN/inf (the last good checkpoint is
+kept, nothing is saved after the divergence); 130 a second Ctrl-C (abort without saving).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import dataclasses
 import json
 import os
 import pathlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Optional
 
@@ -179,7 +182,42 @@ def check_resume(cfg, workdir: pathlib.Path) -> bool:
         except (OSError, ValueError) as e:
             raise UsageError(f"{saved} is unreadable ({one_line(e)}); fix or remove it to resume") from e
         check_compatible(old, config_to_dict(cfg), workdir)
+    elif has_ckpt:  # config.json lost: the config saved with the newest complete checkpoint decides
+        old = checkpoint_config(workdir_lib.checkpoint_dir(workdir))
+        if old is not None:
+            check_compatible(old, config_to_dict(cfg), workdir)
     return has_ckpt
+
+
+def checkpoint_config(ckpt: pathlib.Path) -> Optional[dict]:
+    """The resolved config stored in the metadata of the newest complete checkpoint step (or None)."""
+    steps = sorted((p for p in ckpt.iterdir() if p.name.isdigit() and (p / "commit_success.txt").exists()),
+                   key=lambda p: int(p.name), reverse=True)
+    for step_dir in steps:
+        try:
+            meta = json.loads((step_dir / "metadata" / "metadata").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and isinstance(meta.get("config"), dict):
+            return meta["config"]
+    return None
+
+
+def check_workdir(workdir: pathlib.Path) -> None:
+    """The workdir must be a directory, or creatable: its nearest existing ancestor a writable directory."""
+    if workdir.exists():
+        if not workdir.is_dir():
+            raise UsageError(f"--workdir {workdir} exists and is not a directory")
+        if not os.access(workdir, os.W_OK | os.X_OK):
+            raise UsageError(f"--workdir {workdir} is not writable")
+        return
+    parent = workdir.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--workdir {workdir} cannot be created: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--workdir {workdir} cannot be created: {parent} is not writable")
 
 
 def prepare(args: argparse.Namespace) -> Setup:
@@ -198,6 +236,8 @@ def prepare(args: argparse.Namespace) -> Setup:
         raise UsageError(f"--workdir {raw_workdir}: {problem}")
     if workdir.is_file():
         raise UsageError(f"--workdir {workdir} exists and is not a directory")
+    if isinstance(workdir, pathlib.Path):  # local: a directory, or creatable (remote ones: bucket_error)
+        check_workdir(workdir)
     cfg = dataclasses.replace(cfg, workdir=str(workdir))
     mesh = build_mesh(cfg)
     check_mesh_batch(cfg, mesh)
@@ -208,6 +248,13 @@ def prepare(args: argparse.Namespace) -> Setup:
     train_iter = make_data_iterator(cfg)  # reads and validates every training document
     if cfg.eval_every:
         stream_index(cfg.data, "validation")
+    elif cfg.data.val_path:  # unused while eval is off, but a wrong path is still a mistake
+        from bltjax.data.sources import expand_paths
+
+        try:
+            expand_paths(cfg.data.val_path)
+        except ValueError as e:
+            raise UsageError(f"data.val_path: {one_line(e)}") from e
     entropy_params = None
     if not cfg.train_entropy_model and cfg.model.patcher.mode == "entropy" and not cfg.data.entropies_path:
         cfg, entropy_params = attach_entropy_model(cfg, mesh)  # (precomputed entropies need no model)
@@ -252,21 +299,33 @@ def attach_entropy_model(cfg, mesh):
 
 # ====================================================================== entry point
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from bltjax.cli import quiet_runtime_logs, report_if_lost_peer
+
     args = build_parser().parse_args(argv)
+    if args.distributed or any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)):
+        quiet_runtime_logs()  # before JAX loads: a lost peer is one line, not the runtime's C++ logs
     try:
         setup = prepare(args)
     except (UsageError, ValueError, FileNotFoundError, TypeError) as e:
+        report_if_lost_peer(e)
         print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return run(setup)
     except UsageError as e:  # found while restoring (checkpoint metadata of another model)
+        report_if_lost_peer(e)
         print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    finally:
+        if threading.current_thread() is threading.main_thread():  # run() installed stop handlers: restore
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":
     from bltjax import hugepages
+    from bltjax.cli import run_cli
 
     hugepages.reexec()
-    sys.exit(main())
+    sys.exit(run_cli(main))

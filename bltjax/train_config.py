@@ -33,7 +33,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal, Optional
 
-from bltjax.config import BLTConfig
+from bltjax.config import BLTConfig, check_ranges
 from bltjax.overrides import apply_overrides, coerce_value, from_dict, parse_value  # noqa: F401  (re-exported)
 
 Schedule = Literal["cosine", "linear", "constant"]
@@ -79,6 +79,7 @@ class OptimConfig:
     grad_accum_steps: int = 1
 
     def validate(self) -> OptimConfig:
+        check_ranges(self, "optim.")
         _check(self.lr > 0 and math.isfinite(self.lr), f"optim.lr must be a positive number, got {self.lr}")
         _check(0.0 <= self.b1 < 1.0, f"optim.b1 must be in [0, 1), got {self.b1}")
         _check(0.0 <= self.b2 < 1.0, f"optim.b2 must be in [0, 1), got {self.b2}")
@@ -113,6 +114,7 @@ class CheckpointConfig:
     async_save: bool = True
 
     def validate(self) -> CheckpointConfig:
+        check_ranges(self, "checkpoint.")
         _check(self.every >= 1, f"checkpoint.every must be >= 1, got {self.every}")
         _check(self.keep_latest >= 1, f"checkpoint.keep_latest must be >= 1, got {self.keep_latest}")
         if self.keep_every is not None:
@@ -184,6 +186,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check every section, then the cross-field constraints; raise ValueError naming the keys."""
+        check_ranges(self)  # every numeric field, by dotted key, before any derived size
         _check(bool(self.name) and "/" not in self.name,
                f"name must be a non-empty string without '/', got {self.name!r}")
         self.model.validate()

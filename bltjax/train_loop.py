@@ -11,13 +11,13 @@ import dataclasses
 import itertools
 import math
 import pathlib
-import signal
 import sys
 import time
 import warnings
 from typing import Any, Optional
 
 from bltjax import workdir as workdir_lib
+from bltjax.stopping import StopFlag
 from bltjax.storage import is_remote
 
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED = 0, 2, 3
@@ -42,6 +42,14 @@ def log(msg: str) -> None:
 
     if jax.process_index() == 0:
         print(msg, flush=True)
+
+
+def warn_console(msg: str) -> None:  # one ``warning: ...`` line on stderr (process 0)
+    import jax
+
+    if jax.process_index() == 0:
+        sys.stdout.flush()
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass
@@ -77,44 +85,6 @@ def make_data_iterator(cfg, split: str = "train", start_step: int = 0):
                          split=split, seed=cfg.data.seed, start_step=start_step)
 
 
-class StopFlag:
-    """Set by SIGTERM; the loop saves at the next step boundary and exits 0."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def install(self) -> None:
-        """Install the SIGTERM handler (main thread only: ``main()`` called from a worker thread, as a
-        notebook does to plot while training, runs without it)."""
-        import threading
-
-        def handler(signum, frame):  # noqa: ARG001
-            self.requested = True
-
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, handler)
-
-    def should_stop(self, step: int, mngr, at_log_step: bool) -> bool:
-        """Whether to save and stop after ``step``; the same answer on every process.
-
-        Single process: SIGTERM or an Orbax preemption notice, checked every step.  Several processes:
-        the preemption notice every step (an Orbax sync point), the SIGTERM flags OR-ed across processes
-        at log steps only (a collective, kept off the per-step path).
-        """
-        import jax
-
-        stop = bool(mngr.reached_preemption(step))
-        if jax.process_count() == 1:
-            return stop or self.requested
-        if at_log_step:
-            import numpy as np
-            from jax.experimental import multihost_utils
-
-            flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
-            stop = stop or bool(np.any(flags))
-        return stop
-
-
 def count_params(tree) -> int:
     import jax
 
@@ -138,12 +108,15 @@ def describe(cfg, mesh, abstract_state, start_step: int, workdir: pathlib.Path, 
         what = (f"BLT {n_params / 1e6:.2f}M params ({hash_p / 1e6:.2f}M hash embeddings): local {m.dim_local_encoder}"
                 f"x{m.n_layers_local_encoder}+{m.n_layers_local_decoder}, global {m.dim_global}x{m.n_layers_global}"
                 f" | patching {pc.mode} (patch_size {pc.patch_size:g}, max_patches {max_patches_for(m, cfg.seq_len)})")
-    train_tok = stream_index(cfg.data, "train")[1].num_tokens
+    train_src, train_index = stream_index(cfg.data, "train")
+    train_tok = train_index.num_tokens
+    n_bad = getattr(train_src, "n_invalid_utf8", 0)
+    not_utf8 = f"; {n_bad} file(s) not valid UTF-8, trained as raw bytes" if n_bad else ""
     lines = [
         f"bltjax.train: {cfg.name} -> {workdir}",
         f"  model: {what} | precision {cfg.precision} | remat {cfg.model.remat}",
         f"  data: {cfg.data.source}{' ' + cfg.data.path if cfg.data.path else ''} "
-        f"({train_tok / 1e6:.2f}M train tokens) | seq_len "
+        f"({train_tok / 1e6:.2f}M train tokens{not_utf8}) | seq_len "
         f"{cfg.seq_len} x batch {cfg.global_batch_size} = {cfg.bytes_per_step} bytes/step | {cfg.steps} steps",
         f"  mesh: {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
         f"{jax.process_count()} process(es) | {flops_per_byte / 1e6:.2f} MFLOPs/byte (train)",
@@ -200,13 +173,14 @@ class RunLog:
     """
 
     def __init__(self, cfg, writer, progress, flops_per_step: float, n_devices: int):
-        from bltjax.metrics import Throughput
+        from bltjax.metrics import OverflowWatch, Throughput
 
         self.cfg, self.writer, self.progress = cfg, writer, progress
         self.rates = Throughput(cfg.bytes_per_step, flops_per_step, n_devices)
         self.pending: Optional[tuple[int, Any]] = None
         self.last_written: Optional[tuple[int, dict]] = None  # (step, scalars) of the newest record
         self.warm = 0
+        self.overflow = None if cfg.train_entropy_model else OverflowWatch(self._max_patches(), warn_console)
         self.t0_wall, self.t0_cpu = time.time(), time.process_time()
 
     def restart_clock(self) -> None:
@@ -257,12 +231,21 @@ class RunLog:
         self.writer.write(step, scalars)
         self.last_written = (step, scalars)
         self.progress.update(step, scalars)
+        if self.overflow is not None:
+            self.overflow.update(step, scalars.get("overflow_frac", 0.0))
         return step
+
+    def _max_patches(self) -> str:
+        from bltjax.train_step import max_patches_for
+
+        return f"model.patcher.max_patches={max_patches_for(self.cfg.model, self.cfg.seq_len)}"
 
     def close(self) -> None:
         self.flush()
         self.writer.close()
         self.progress.close()
+        if self.overflow is not None:
+            self.overflow.summarize()
 
 
 def run_topology(cfg, mesh) -> dict:
@@ -408,7 +391,7 @@ class TrainLoop:
                 if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
                     self.evaluate()
                 if stopping:
-                    log(f"SIGTERM: saved step {self.step}, exiting")
+                    log(f"{self.stop.signal_name}: saved step {self.step}, exiting")
                     break
             self.metrics_log.flush()
             self.check_flags(self.step)

@@ -52,15 +52,21 @@ def max_patches_for(model: BLTConfig, seq_len: int) -> int:
     fixed does not fit the global model.
     """
     pcfg, n = model.patcher, int(seq_len)
-    if pcfg.max_patches is not None:
-        return int(pcfg.max_patches)
     cap = model.max_seqlen + 1
     if pcfg.mode in ("static", "byte"):
         p = n + 1 if pcfg.mode == "byte" else 1 + -(-n // int(pcfg.patch_size))
+        if pcfg.max_patches is not None:
+            if pcfg.max_patches < p:  # every row would be truncated: known before any compute
+                raise ValueError(f"model.patcher.max_patches={pcfg.max_patches} is too small: "
+                                 f"model.patcher.mode={pcfg.mode!r} needs {p} patches for seq_len={n}; "
+                                 f"use --set model.patcher.max_patches={p} (or unset it)")
+            return int(pcfg.max_patches)
         if p > cap:
             raise ValueError(f"model.patcher.mode={pcfg.mode!r} needs {p} patches for seq_len={n}, more than "
                              f"model.max_seqlen + 1 = {cap}; raise model.max_seqlen or lower seq_len")
         return p
+    if pcfg.max_patches is not None:
+        return int(pcfg.max_patches)
     return max(2, min(n + 1, -(-2 * n // max(1, int(pcfg.patch_size))) + 2, cap))
 
 

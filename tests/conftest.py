@@ -1,7 +1,9 @@
-"""Test setup: 8 fake CPU devices, persistent compile cache, absl flags parsed (Grain workers)."""
+"""Test setup: 8 fake CPU devices, persistent compile cache, absl flags parsed (Grain workers), and
+``shared_path`` / ``require_shared`` for the optional data next to the repository."""
 
 import os
 import pathlib
+from typing import Optional
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
@@ -21,8 +23,9 @@ DATA = pathlib.Path(__file__).parent / "data"
 REPO = pathlib.Path(__file__).parent.parent
 # Corpora kept next to the repository (development machines and CI): ../shared, or the nearest
 # ancestor's shared/ (git worktrees one level further down).
-SHARED = next((p / "shared" for p in REPO.resolve().parents if (p / "shared" / "corpora").is_dir()),
-              REPO.parent / "shared")
+# $BLTJAX_SHARED_DIR overrides both.
+SHARED = pathlib.Path(os.environ["BLTJAX_SHARED_DIR"]) if os.environ.get("BLTJAX_SHARED_DIR") else next(
+    (p / "shared" for p in REPO.resolve().parents if (p / "shared" / "corpora").is_dir()), REPO.parent / "shared")
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +44,27 @@ def data_cache(shared_corpora, monkeypatch) -> pathlib.Path:
     """``$BLTJAX_DATA_DIR`` pointed at ``../shared/corpora``: ``fetch:tinyshakespeare`` resolves offline."""
     monkeypatch.setenv("BLTJAX_DATA_DIR", str(shared_corpora))
     return shared_corpora
+
+
+def shared_path(*parts: str) -> Optional[pathlib.Path]:
+    """``SHARED/<parts>`` when present.  Missing: None on a developer machine, but a test failure when
+    the ``CI`` environment variable is set, so a CI machine that lost the data cannot turn the tests
+    that use it into quiet skips."""
+    path = SHARED.joinpath(*parts)
+    if path.exists():
+        return path
+    if os.environ.get("CI"):
+        pytest.fail(f"{path} is missing and CI is set: put the shared data next to the repository "
+                    f"(../shared) or point BLTJAX_SHARED_DIR at it", pytrace=False)
+    return None
+
+
+def require_shared(*parts: str) -> pathlib.Path:
+    """``shared_path`` for a test that cannot run without the data: skipped locally, failed in CI."""
+    path = shared_path(*parts)
+    if path is None:
+        pytest.skip(f"{SHARED.joinpath(*parts)} not present (set BLTJAX_SHARED_DIR; required when CI is set)")
+    return path
 
 
 @pytest.fixture(scope="session")

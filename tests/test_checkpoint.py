@@ -6,6 +6,7 @@ import glob
 import os
 import shutil
 
+import chex
 import grain
 import jax
 import jax.numpy as jnp
@@ -51,7 +52,7 @@ def _abstract(mesh) -> dict:
 
 def _assert_state(restored, seed: int, mesh) -> None:
     want = _host_state(seed)
-    jax.tree.map(lambda r, w: np.testing.assert_array_equal(np.asarray(r), w), restored, want)
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, restored), want)  # per-leaf message on a mismatch
     jax.tree.map(lambda r, s: r.sharding.is_equivalent_to(s, r.ndim) or pytest.fail(f"{r.sharding} != {s}"),
                  restored, _shardings(mesh))
 
@@ -230,7 +231,7 @@ def test_save_and_load_params(tmp_path, mesh222):
         save_params(tmp_path / "model", params)
     loaded, meta = load_params(tmp_path / "model")  # no target: first local device
     assert meta == {"config": {"dim": 8}}
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), loaded, _host_state(9)["params"])
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, loaded), _host_state(9)["params"])
     assert loaded["w"].sharding.device_set == {jax.local_devices()[0]}
     mesh = _mesh(8, 1, 1)
     abstract = _abstract(mesh)["params"]

@@ -348,8 +348,8 @@ def test_array_record_source(tmp_path):
     w.write(b"bad \xff byte")
     w.close()
     with pytest.raises(DataError, match=r"bad.array_record record 1: invalid UTF-8 at byte offset 4"):
-        pipeline.stream_index(DataConfig(source="array_record", path=str(bad)), "train")
-    ok = DataConfig(source="array_record", path=str(bad), allow_invalid_utf8=True, val_fraction=0.0)
+        pipeline.stream_index(DataConfig(source="array_record", path=str(bad), allow_invalid_utf8=False), "train")
+    ok = DataConfig(source="array_record", path=str(bad), val_fraction=0.0)  # raw bytes by default
     assert pipeline.stream_index(ok, "train")[1].num_tokens == 2 + 2 + 10 + 2
 
 

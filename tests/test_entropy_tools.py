@@ -5,11 +5,11 @@ output head, so entropies are spread out) on tiny samples.
 """
 
 import json
-import pathlib
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import shared_path
 
 from bltjax import calibration, entropy_tools, viz
 from bltjax.config import PatcherConfig
@@ -17,7 +17,6 @@ from bltjax.data import documents
 from bltjax.model import entropy_model as entropy_lm
 from bltjax.patcher import patch_lengths
 
-UDHR = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "corpora" / "udhr" / "txt"
 TEXTS = [
     "All human beings are born free and equal in dignity and rights. They are endowed with reason.\n",
     "Alle Menschen sind frei und gleich an Würde und Rechten geboren. Sie sind mit Vernunft begabt.\n",
@@ -35,9 +34,10 @@ def model(fixture_dir):
 
 def _sample_docs(n_udhr_bytes: int = 1500) -> list[bytes]:
     docs = [t.encode() for t in TEXTS]
-    if UDHR.is_dir():  # the shared corpus next to the repository (48 languages); optional
+    udhr = shared_path("corpora", "udhr", "txt")  # 48 languages next to the repository; required in CI
+    if udhr is not None:
         for key in ("eng", "rus", "cmn_hans", "hin", "amh", "arb", "tha"):
-            f = UDHR / f"{key}.txt"
+            f = udhr / f"{key}.txt"
             if f.is_file():
                 docs.append(f.read_bytes()[:n_udhr_bytes])
     docs.append(np.random.default_rng(0).bytes(1500))  # random bytes: invalid UTF-8, NULs

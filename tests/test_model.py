@@ -3,6 +3,7 @@ bf16, and 1-device vs (2,2,2)-mesh equivalence.  Fixture parity lives in test_pr
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,18 +35,24 @@ def tiny():
     return cfg, blt.init_params(cfg, jax.random.key(0))
 
 
-@pytest.mark.parametrize("t,window,heads,kv", [(300, 16, 4, 2), (129, 7, 2, 1), (50, 64, 2, 2), (64, None, 2, 2)])
+# (300, 16) and (129, 7): the block-local path; (20, 16): the dense path with a window shorter than t
+@pytest.mark.parametrize("t,window,heads,kv", [(300, 16, 4, 2), (129, 7, 2, 1), (20, 16, 2, 2), (50, 64, 2, 2),
+                                              (64, None, 2, 2)])
 def test_self_attention_matches_dense_reference(t, window, heads, kv):
     ks = jax.random.split(jax.random.key(1), 4)
     q = jax.random.normal(ks[0], (2, t, heads, 8))
     k = jax.random.normal(ks[1], (2, t, kv, 8))
     v = jax.random.normal(ks[2], (2, t, kv, 8))
-    doc = jnp.cumsum(jax.random.bernoulli(ks[3], 0.03, (2, t)).astype(jnp.int32), axis=1)
+    doc = jnp.cumsum(jax.random.bernoulli(ks[3], 0.03, (2, t)).astype(jnp.int32), axis=1) + (jnp.arange(t) >= t - 2)
     out = A.self_attention(q, k, v, doc_bt=doc, window=window, impl="xla")
-    pos = jnp.arange(t)
-    mask = jnp.broadcast_to(A.local_mask(doc, doc, pos, pos, window), (2, t, t))
+    # the mask written out independently of A.local_mask: same document, causal, i - j < window
+    dn = np.asarray(doc)
+    i, j = np.arange(t)[:, None], np.arange(t)[None, :]
+    in_window = (j <= i) & ((i - j < window) if window is not None else True)
+    mn = in_window[None] & (dn[:, :, None] == dn[:, None, :])
+    assert (dn[:, -1] > 0).all()  # every row has more than one document, so the doc mask matters
     # explicit loop reference: softmax over allowed keys, kv head g serves heads g*r..g*r+r-1
-    qn, kn, vn, mn = map(np.asarray, (q, k, v, mask))
+    qn, kn, vn = map(np.asarray, (q, k, v))
     ref = np.zeros_like(qn)
     r = heads // kv
     for b in range(2):
@@ -156,7 +163,12 @@ def test_bf16_compute_close_to_fp32(tiny):
     f32 = np.asarray(blt.forward(params, cfg, tokens, lengths))
     b16 = blt.forward(params, dataclasses.replace(cfg, dtype="bfloat16"), tokens, lengths)
     assert b16.dtype == jnp.float32
-    assert np.abs(np.asarray(b16) - f32).max() < 0.1 * np.abs(f32).max()
+    err = np.abs(np.asarray(b16) - f32)
+    # bf16 keeps 8 significant bits (relative rounding 2^-9); through ~10 rounded stages the measured
+    # error is 1.3 % of the largest logit (max) and 1.2 % of the logits' RMS: bounds at ~2x measured
+    assert err.max() < 0.025 * np.abs(f32).max(), err.max()
+    assert np.sqrt(np.mean(err ** 2)) < 0.02 * np.sqrt(np.mean(f32 ** 2))
+    assert err.max() > 1e-3  # the bf16 path really ran in bf16 (fp32 would agree to ~1e-6)
 
 
 def test_input_errors(tiny):
@@ -210,4 +222,4 @@ def test_one_device_equals_2x2x2_mesh(tiny):
         fn = jax.jit(lambda p, t, l: blt.forward(p, cfg, t, l), out_shardings=sharding.batch_sharding(mesh, 3))
         out = fn(p_sh, jax.device_put(tokens, bs), jax.device_put(lengths, bs))
     assert len(out.sharding.device_set) == 8
-    np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(np.asarray(out), ref, atol=1e-5, rtol=1e-5)  # fp32 sums split across devices

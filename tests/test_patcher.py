@@ -174,7 +174,11 @@ def test_entropies_from_fixture_logits(expected):
         np.testing.assert_allclose(got[r, : len(logits[r])], expected[f"s{r}_entropies"], atol=2e-5, rtol=1e-5)
     bf16 = P.entropies_from_logits(jnp.asarray(batch, jnp.bfloat16), in_logits_dtype=True)
     assert bf16.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(bf16)[3, : len(logits[3])], expected["s3_entropies"], atol=0.15)
+    # bf16 logits and bf16 arithmetic: relative rounding 2^-9 on entropies up to ~2.7 nats through a
+    # handful of roundings (logits, log-softmax, products, the 260-term sum); measured max 0.037
+    for r in range(4):
+        err = np.abs(np.asarray(bf16)[r, : len(logits[r])] - expected[f"s{r}_entropies"])
+        assert 1e-3 < err.max() < 0.06, (r, err.max())  # > 1e-3: the arithmetic really is bf16
 
 
 def test_entropy_uniform_and_peaked():

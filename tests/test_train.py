@@ -14,6 +14,7 @@ import math
 import pathlib
 import signal
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,12 +56,34 @@ def snapshot(directory: pathlib.Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+TRACES: dict[str, int] = {}  # traces of the train and eval step during learned_run
+
+
 @pytest.fixture(scope="module")
 def learned_run(tmp_path_factory):
-    """16 steps of the tiny BLT (fsdp over 8 devices) with an eval every 8 steps and TensorBoard."""
+    """16 steps of the tiny BLT (fsdp over 8 devices) with an eval every 8 steps and TensorBoard.
+
+    The train and eval step functions are wrapped with a trace counter (``chex.assert_max_traces``):
+    16 steps and 2 evaluations must trace each exactly once."""
     workdir = tmp_path_factory.mktemp("learn") / "run"
-    code = train.main(["--config", TINY, "--workdir", str(workdir), *MESH_8,
-                       *sets(steps=16, eval_every=8, eval_batches=2, tensorboard=True, checkpoint__every=8)])
+    TRACES.update(train_step=0, eval_step=0)
+
+    def counted(name):
+        capped = chex.assert_max_traces(getattr(train_step, name), n=1)  # raises on a second trace
+
+        def wrapper(*args, **kwargs):
+            TRACES[name] += 1
+            return capped(*args, **kwargs)
+        return wrapper
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_step, "train_step", counted("train_step"))
+        mp.setattr(train_step, "eval_step", counted("eval_step"))
+        try:
+            code = train.main(["--config", TINY, "--workdir", str(workdir), *MESH_8,
+                               *sets(steps=16, eval_every=8, eval_batches=2, tensorboard=True, checkpoint__every=8)])
+        finally:
+            chex.clear_trace_counter()
     assert code == 0
     return workdir
 
@@ -90,6 +113,10 @@ def test_tiny_run_learns_logs_and_checkpoints(learned_run):
     cfg = json.loads((learned_run / "config.json").read_text())
     assert cfg["steps"] == 16 and cfg["mesh"]["ici_fsdp"] == 8
     assert sorted(int(p.name) for p in (learned_run / "checkpoints").iterdir() if p.name.isdigit()) == [8, 16]
+
+
+def test_train_and_eval_steps_trace_once(learned_run):
+    assert TRACES == {"train_step": 1, "eval_step": 1}  # 16 steps, 2 evaluations: no retrace per step
 
 
 def test_eval_without_data_reads_the_runs_validation_split(learned_run, tmp_path, capsys):
@@ -247,7 +274,8 @@ def test_bad_input_is_one_line_error_and_writes_nothing(case, tmp_path, capsys):
         "missing": text + ["--set", f"data.path={tmp_path / 'nope.txt'}"],
         "empty": text + ["--set", "data.path=" + _text_file(tmp_path, "empty.txt", b"")],
         "binary": text + ["--set", "data.path=" + _text_file(tmp_path, "x.bin", bytes(range(256)) * 8)],
-        "bad_utf8": text + ["--set", "data.path=" + _text_file(tmp_path, "bad.txt", b"hello \xff\xfe world\n" * 9)],
+        "bad_utf8": text + ["--set", "data.allow_invalid_utf8=false",  # (raw bytes are accepted by default)
+                            "--set", "data.path=" + _text_file(tmp_path, "bad.txt", b"hello \xff\xfe world\n" * 9)],
         "typo_key": ["--set", "optim.lrr=1e-3"],
         "typo_value": ["--set", "precision=bf16"],
         "batch_vs_mesh": ["--set", "global_batch_size=6"],
@@ -293,7 +321,18 @@ def test_every_experiment_validates(path):
     assert cfg.steps >= 1
 
 
-def test_workdir_loads_with_load_pretrained(learned_run):
+def _orbax_params(workdir: pathlib.Path, step: int) -> dict:
+    """The params saved at ``step``, read with Orbax directly (not through bltjax's checkpoint code)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        state = ckptr.restore((workdir / "checkpoints" / str(step) / "state").resolve())
+    return jax.tree.map(np.asarray, state["params"])
+
+
+def test_workdir_loads_the_newest_checkpoint_with_load_pretrained(learned_run):
+    """load_pretrained(workdir) gives exactly the logits of the newest step's params (16), which differ
+    from the older step's (8)."""
     import bltjax
 
     m = bltjax.load_pretrained(learned_run)
@@ -302,3 +341,8 @@ def test_workdir_loads_with_load_pretrained(learned_run):
     assert lengths.shape[0] == 1 and lengths[0, 0] == 1
     logits = m.logits(tokens)
     assert logits.shape == (1, tokens.shape[1], 260) and np.isfinite(logits).all()
+    newest, older = _orbax_params(learned_run, 16), _orbax_params(learned_run, 8)
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, m.params), newest)
+    same_code = lambda params: dataclasses.replace(m, params=jax.tree.map(jnp.asarray, params), _fns={})  # noqa: E731
+    np.testing.assert_array_equal(logits, same_code(newest).logits(tokens, lengths))
+    assert np.max(np.abs(logits - same_code(older).logits(tokens, lengths))) > 1e-3

@@ -279,11 +279,8 @@ def test_from_dict_rejects_unknown_fields():
 
 def test_real_data_and_mesh_defaults_round_trip():
     """With the real bltjax.data / bltjax.sharding modules the lazy defaults and from_dict work."""
-    try:
-        cfg = TrainConfig(model=tiny_blt_config(), seq_len=64, global_batch_size=8, steps=100,
-                          optim=OptimConfig(warmup_steps=10))
-    except ImportError as e:  # the other modules are not there yet
-        pytest.skip(str(e))
+    cfg = TrainConfig(model=tiny_blt_config(), seq_len=64, global_batch_size=8, steps=100,
+                      optim=OptimConfig(warmup_steps=10))
     assert config_from_json(config_to_json(cfg)) == cfg
     cfg2 = apply_overrides(cfg, ["mesh.ici_fsdp=2"], validate=False)
     assert cfg2.mesh.ici_fsdp == 2

@@ -58,7 +58,11 @@ class DataConfig:
     worker_buffer_size: int = 1  # batches buffered per worker process
     read_threads: int = 2  # threads of the in-process prefetch (to_iter_dataset ReadOptions)
     prefetch_batches: int = 4  # batches prefetched in-process (0 = no thread prefetch)
-    allow_invalid_utf8: bool = False  # let invalid UTF-8 bytes through instead of raising
+    # The model reads bytes: text that is not valid UTF-8 (Latin-1, mixed encodings) trains as is
+    # (False: refuse it, naming the file and byte offset).  Files that look binary (NUL bytes, many
+    # control bytes) are refused unless allow_binary.
+    allow_invalid_utf8: bool = True
+    allow_binary: bool = False
     embedded_max_bytes: int = 4_000_000  # size cap of the embedded stdlib corpus
     # Optional .npy of per-token entropies for the source's full token stream (see pipeline);
     # "{split}" in the path is replaced by "train"/"validation" for split_rule "source".
@@ -66,7 +70,13 @@ class DataConfig:
 
     def validate(self) -> "DataConfig":
         """Raise ``DataError`` (a ValueError) on inconsistent values; return self."""
+        from bltjax.config import check_ranges
         from bltjax.data.sources import DataError
+
+        try:
+            check_ranges(self, "data.")
+        except ValueError as e:
+            raise DataError(str(e)) from None
 
         def check(cond: bool, msg: str) -> None:
             if not cond:

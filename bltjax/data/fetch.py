@@ -194,7 +194,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from bltjax.cli import run_cli
+
+    sys.exit(run_cli(main))
 
 
 __all__ = ["Corpus", "CORPORA", "FetchError", "ENV_DATA_DIR", "PREFIX", "data_dir", "corpus", "local_path",

@@ -114,9 +114,11 @@ def resolved_split_rule(cfg: DataConfig) -> str:
 
 def _files_source(cfg: DataConfig, spec: str) -> DocumentSource:
     if cfg.source == "text":
-        return text_files(spec, split=cfg.text_split, allow_invalid_utf8=cfg.allow_invalid_utf8)
+        return text_files(spec, split=cfg.text_split, allow_invalid_utf8=cfg.allow_invalid_utf8,
+                          allow_binary=cfg.allow_binary)
     if cfg.source == "jsonl":
-        return jsonl_files(spec, text_field=cfg.jsonl_field, allow_invalid_utf8=cfg.allow_invalid_utf8)
+        return jsonl_files(spec, text_field=cfg.jsonl_field, allow_invalid_utf8=cfg.allow_invalid_utf8,
+                           allow_binary=cfg.allow_binary)
     return ArrayRecordSource(spec, allow_invalid_utf8=cfg.allow_invalid_utf8)
 
 

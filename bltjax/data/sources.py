@@ -12,14 +12,16 @@ all the windowing pipeline needs (``bltjax.data.pipeline``).  Kinds:
 
 Bad input raises ``DataError`` (a ``ValueError``) with a one-line message that names the file:
 missing paths, globs matching nothing, empty files or corpora, binary files (NUL bytes or mostly
-control characters) and invalid UTF-8 (with the byte offset).  ``allow_invalid_utf8=True`` lets
-invalid UTF-8 through unchanged, since the model reads bytes, not characters.
+control characters; ``allow_binary=True`` lets them through) and, with ``allow_invalid_utf8=False``,
+invalid UTF-8 (with the byte offset).  ``DataConfig`` lets invalid UTF-8 through by default, since the
+model reads bytes, not characters; file sources count such files (``n_invalid_utf8``).
 """
 
 import bisect
 import dataclasses
 import glob
 import json
+import logging
 import os
 import pathlib
 from collections.abc import Sequence
@@ -53,6 +55,7 @@ class InMemorySource:
 
     docs: tuple[bytes, ...]
     names: tuple[str, ...]
+    n_invalid_utf8: int = 0  # files (or JSON lines) whose bytes are not valid UTF-8, let through
 
     def __post_init__(self):
         if len(self.docs) != len(self.names):
@@ -86,16 +89,25 @@ def check_utf8(data: bytes, where: str, allow_invalid_utf8: bool) -> bytes:
     except UnicodeDecodeError as e:
         raise DataError(
             f"{where}: invalid UTF-8 at byte offset {e.start} ({e.reason}); pass "
-            "allow_invalid_utf8=True to train on the raw bytes") from None
+            "--set data.allow_invalid_utf8=true to train on the raw bytes") from None
     return data
 
 
-def check_text_file(data: bytes, where: str, allow_invalid_utf8: bool) -> bytes:
-    """Validate a whole text file's bytes: non-empty, not binary, UTF-8 unless allowed."""
+def is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def check_text_file(data: bytes, where: str, allow_invalid_utf8: bool, allow_binary: bool = False) -> bytes:
+    """Validate a whole text file's bytes: non-empty, not binary unless allowed, UTF-8 unless allowed."""
     if not data.strip():
         raise DataError(f"{where}: file is empty (or whitespace only)")
-    if is_mostly_binary(data):
-        raise DataError(f"{where}: looks like a binary file (NUL or control bytes), not text")
+    if not allow_binary and is_mostly_binary(data):
+        raise DataError(f"{where}: looks like a binary file (NUL or control bytes), not text; pass "
+                        f"--set data.allow_binary=true to train on it anyway")
     return check_utf8(data, where, allow_invalid_utf8)
 
 
@@ -202,14 +214,15 @@ def split_blank_lines(data: bytes) -> list[bytes]:
 
 
 def text_files(spec: str | pathlib.Path | Sequence[str | pathlib.Path], *, split: str = "file",
-               allow_invalid_utf8: bool = False) -> InMemorySource:
+               allow_invalid_utf8: bool = False, allow_binary: bool = False) -> InMemorySource:
     """Local text files as documents: one per file (``split="file"``) or per paragraph
     (``split="blank_lines"``).  Files are read whole, as bytes, in ``expand_paths`` order."""
     if split not in ("file", "blank_lines"):
         raise DataError(f"text split must be 'file' or 'blank_lines', got {split!r}")
-    docs, names = [], []
+    docs, names, invalid = [], [], 0
     for path in expand_paths(spec):
-        data = check_text_file(_read(path), str(path), allow_invalid_utf8)
+        data = check_text_file(_read(path), str(path), allow_invalid_utf8, allow_binary)
+        invalid += not is_utf8(data)
         if split == "file":
             docs.append(data)
             names.append(str(path))
@@ -217,7 +230,7 @@ def text_files(spec: str | pathlib.Path | Sequence[str | pathlib.Path], *, split
             for k, para in enumerate(split_blank_lines(data)):
                 docs.append(para)
                 names.append(f"{path}#{k}")
-    return _nonempty(InMemorySource(tuple(docs), tuple(names)), str(spec))
+    return _nonempty(InMemorySource(tuple(docs), tuple(names), invalid), str(spec))
 
 
 def _jsonl_line_text(line: bytes, field: str, where: str, allow_invalid_utf8: bool) -> bytes:
@@ -226,7 +239,7 @@ def _jsonl_line_text(line: bytes, field: str, where: str, allow_invalid_utf8: bo
     try:
         record = json.loads(text_line)
     except json.JSONDecodeError as e:
-        raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        raise DataError(f"{where}: invalid JSON: {e.msg}, column {e.colno}") from None
     if not isinstance(record, dict) or field not in record:
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
         raise DataError(f"{where}: no text field {field!r} (has {keys})")
@@ -237,17 +250,18 @@ def _jsonl_line_text(line: bytes, field: str, where: str, allow_invalid_utf8: bo
 
 
 def jsonl_files(spec: str | pathlib.Path | Sequence[str | pathlib.Path], *, text_field: str = "text",
-                allow_invalid_utf8: bool = False) -> InMemorySource:
+                allow_invalid_utf8: bool = False, allow_binary: bool = False) -> InMemorySource:
     """JSON-lines files as documents: the string ``text_field`` of each non-blank line."""
-    docs, names = [], []
+    docs, names, invalid = [], [], 0
     for path in expand_paths(spec):
-        data = check_text_file(_read(path), str(path), allow_invalid_utf8)
+        data = check_text_file(_read(path), str(path), allow_invalid_utf8, allow_binary)
+        invalid += not is_utf8(data)
         for lineno, line in enumerate(data.split(b"\n"), start=1):
             if line.strip():
                 where = f"{path}:{lineno}"
                 docs.append(_jsonl_line_text(line, text_field, where, allow_invalid_utf8))
                 names.append(where)
-    return _nonempty(InMemorySource(tuple(docs), tuple(names)), str(spec))
+    return _nonempty(InMemorySource(tuple(docs), tuple(names), invalid), str(spec))
 
 
 # ----------------------------------------------------------------------------- ArrayRecord / TFDS
@@ -314,6 +328,16 @@ def _as_bytes(value: Any, where: str) -> bytes:
     raise DataError(f"{where}: cannot read a document from a {type(value).__name__}")
 
 
+def _not_prepared_message(name: str, where: str, data_dir: str | None, builder: Any) -> str:
+    root = data_dir or str(getattr(builder, "_data_dir_root", "") or "the TFDS default data_dir")
+    base = name.split("/")[0].split(":")[0]
+    return (f"{where}: dataset {name!r} is not prepared under {root}, and TFDS datasets are never downloaded "
+            f"during training; prepare it on a machine with network access "
+            f"(tfds.builder({base!r}, data_dir=DIR).download_and_prepare(file_format='array_record'); see "
+            f"docs/data.md) or build one from local text files (python -m bltjax.data.tfds_builder --input FILES "
+            f"--out DIR --name NAME), then copy DIR here and pass --set data.tfds_data_dir=DIR")
+
+
 class TfdsSource:
     """A prepared TFDS dataset split, via ``tfds.data_source`` (ArrayRecord; no TensorFlow).
 
@@ -334,11 +358,21 @@ class TfdsSource:
         if data_dir and not pathlib.Path(data_dir).expanduser().is_dir():
             raise DataError(f"TFDS data_dir {data_dir!r} does not exist")
         self.where = f"tfds:{name}[{split}]"
-        try:
-            self._source = tfds.data_source(name, split=split, data_dir=data_dir or None)
+        absl_log = logging.getLogger("absl")
+        level = absl_log.level
+        absl_log.setLevel(logging.ERROR)  # "Variant folder ... has no dataset_info.json" is expected here
+        try:  # never download: a dataset that is not prepared fails at once, with where to put it
+            builder = tfds.builder(name, data_dir=data_dir or None)
+            if not builder.is_prepared():
+                raise DataError(_not_prepared_message(name, self.where, data_dir, builder))
+            self._source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+        except DataError:
+            raise
         except Exception as e:  # DatasetNotFoundError, unknown split, ... -> one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DataError(f"{self.where}: cannot open ({first})") from None
+        finally:
+            absl_log.setLevel(level)
         self.field = field
         self.allow_invalid_utf8 = allow_invalid_utf8
         if len(self._source) == 0:

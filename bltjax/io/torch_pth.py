@@ -215,7 +215,12 @@ def _unpickle_archive(zf: zipfile.ZipFile, mm: mmap.mmap | None, path: str) -> A
         return _Storage(arr)
 
     with zf.open(pkl[0]) as f:
-        return _RestrictedUnpickler(f, load_storage).load()
+        try:
+            return _RestrictedUnpickler(f, load_storage).load()
+        except ValueError as e:
+            if str(e).startswith(f"{path}:"):
+                raise
+            raise ValueError(f"{path}: {e}") from None  # name the file (a refusal is about this file)
 
 
 def _select_state_dict(obj: Any, key: str | None, path: str) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ real ones, and are never read by the decoder.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import jax
@@ -59,13 +60,35 @@ def init_params(cfg: BLTConfig, key: jax.Array) -> dict:
     return params
 
 
+@functools.lru_cache(maxsize=32)
+def _param_shapes(cfg: BLTConfig) -> dict[str, tuple[int, ...]]:
+    shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+    return {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(shapes)}
+
+
+def check_params(cfg: BLTConfig, params: dict) -> None:
+    """ValueError naming the first parameter whose presence or shape does not fit ``cfg`` (a checkpoint
+    of another size would otherwise fail inside a matmul with an anonymous shape error)."""
+    want = _param_shapes(cfg)
+    got = {jax.tree_util.keystr(p): tuple(jnp.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(params)}
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing or extra:
+        raise ValueError(f"params do not fit the config: missing {missing[:3]}, unexpected {extra[:3]}")
+    for path, shape in want.items():
+        if got[path] != shape:
+            raise ValueError(f"params{path} has shape {got[path]}, the config expects {shape}")
+
+
 def check_inputs(cfg: BLTConfig, tokens_bn, patch_lengths_bp) -> None:
-    """Static shape checks with clear messages (run at trace time)."""
+    """Static shape and dtype checks with clear messages (run at trace time)."""
     if tokens_bn.ndim != 2:
         raise ValueError(f"tokens must be [batch, bytes], got shape {tokens_bn.shape}")
     if patch_lengths_bp.ndim != 2 or patch_lengths_bp.shape[0] != tokens_bn.shape[0]:
         raise ValueError(f"patch_lengths must be [batch, patches] matching tokens {tokens_bn.shape}, "
                          f"got {patch_lengths_bp.shape}")
+    for name, x in (("tokens", tokens_bn), ("patch_lengths", patch_lengths_bp)):
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            raise ValueError(f"{name} must be integers, got dtype {x.dtype}")
     n, p = tokens_bn.shape[1], patch_lengths_bp.shape[1]
     if n > cfg.max_encoder_seq_length:
         raise ValueError(f"sequence of {n} bytes exceeds max_encoder_seq_length={cfg.max_encoder_seq_length}")
@@ -82,6 +105,7 @@ def forward(params: dict, cfg: BLTConfig, tokens_bn: jax.Array, patch_lengths_bp
     cross-attention reference (tests).
     """
     check_inputs(cfg, tokens_bn, patch_lengths_bp)
+    check_params(cfg, params)
     n, n_patches = tokens_bn.shape[1], patch_lengths_bp.shape[1]
     bn = ("act_batch", "act_len")
     tokens_bn = constrain(tokens_bn, bn)

@@ -3,6 +3,7 @@
     python tests/helpers/train_child_kill.py --after-save-start STEP -- [bltjax.train arguments]
     python tests/helpers/train_child_kill.py --in-step CALL -- [bltjax.train arguments]
     python tests/helpers/train_child_kill.py --sigterm-in-step CALL -- [bltjax.train arguments]
+    python tests/helpers/train_child_kill.py --file-size-limit-after-step STEP -- [bltjax.train arguments]
 
 ``--after-save-start STEP``: kill right after ``CheckpointManager.save`` for STEP returned, i.e. while the
 async save is still being written.  ``--in-step CALL``: kill right after the CALL-th train step of this
@@ -27,6 +28,7 @@ def main() -> None:
     ap.add_argument("--after-save-start", type=int, default=None)
     ap.add_argument("--in-step", type=int, default=None)
     ap.add_argument("--sigterm-in-step", type=int, default=None)
+    ap.add_argument("--file-size-limit-after-step", type=int, default=None)
     args, rest = ap.parse_known_args()
     rest = [a for a in rest if a != "--"]
 
@@ -45,6 +47,22 @@ def main() -> None:
                 print(f"KILL after starting the save of step {step}", flush=True)
                 die()
             return started
+
+        checkpoint.CheckpointManager.save = save
+
+    if args.file_size_limit_after_step is not None:
+        # A stand-in for a full disk where no small filesystem can be mounted: once the saves up to
+        # this step are committed, no file may grow past 100 kB (writes fail with EFBIG).
+        import resource
+
+        original_save = checkpoint.CheckpointManager.save
+
+        def save(self, step, *a, **kw):
+            if step > args.file_size_limit_after_step:
+                self.wait_until_finished()
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+            return original_save(self, step, *a, **kw)
 
         checkpoint.CheckpointManager.save = save
 
@@ -72,7 +90,9 @@ def main() -> None:
 
         train_loop.compile_steps = compile_steps  # what TrainLoop calls
 
-    sys.exit(train.main(rest))
+    from bltjax.cli import run_cli
+
+    sys.exit(run_cli(train.main, rest))
 
 
 if __name__ == "__main__":
