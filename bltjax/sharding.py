@@ -209,10 +209,12 @@ def _fill(sizes: tuple[int, ...], total: int, group: str, what: str) -> tuple[in
 def _num_slices(devices: Sequence[Any]) -> tuple[int, bool]:
     """(number of DCN granules, whether the granules are processes rather than TPU slices).
 
-    TPU: slices (``device.slice_index``).  Elsewhere (multi-node GPU, multi-process CPU): processes.
+    TPU: slices (``device.slice_index``; devices without one, such as a single-slice topology compiled
+    ahead of time, are one slice -- never one granule per host).  Elsewhere (multi-node GPU,
+    multi-process CPU): processes.
     """
-    if devices[0].platform == "tpu" and all(hasattr(d, "slice_index") for d in devices):
-        return len({d.slice_index for d in devices}), False
+    if devices[0].platform == "tpu":
+        return len({getattr(d, "slice_index", 0) for d in devices}), False
     return len({d.process_index for d in devices}), True
 
 
@@ -228,6 +230,8 @@ def make_mesh(cfg: MeshConfig = MeshConfig(), devices: Optional[Sequence[Any]] =
         return jax.make_mesh(ici, MESH_AXES, axis_types=types, devices=devices)
     num_slices, by_process = _num_slices(devices)
     ici, dcn = cfg.resolve(len(devices), num_slices)
+    if num_slices == 1:  # dcn sizes are all 1: a plain mesh over the one slice / process
+        return jax.make_mesh(ici, MESH_AXES, axis_types=types, devices=devices)
     arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=by_process)
     return Mesh(arr, MESH_AXES, axis_types=types)
 

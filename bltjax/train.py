@@ -140,6 +140,19 @@ def init_runtime(args: argparse.Namespace) -> None:
 # ====================================================================== setup (no writes)
 
 
+def build_mesh(cfg, devices=None):
+    """The run's mesh from ``cfg.mesh`` on ``devices`` (default: all devices); UsageError when it cannot split them."""
+    import jax
+
+    from bltjax import sharding
+
+    devices = jax.devices() if devices is None else list(devices)
+    try:
+        return sharding.make_mesh(cfg.mesh, devices=devices)
+    except ValueError as e:
+        raise UsageError(f"mesh: {one_line(e)} ({len(devices)} devices available)") from e
+
+
 def check_mesh_batch(cfg, mesh) -> None:
     """The global (micro-)batch must split evenly over the batch shards and the processes."""
     import jax
@@ -226,10 +239,7 @@ def prepare(args: argparse.Namespace) -> Setup:
     if isinstance(workdir, pathlib.Path):  # local: a directory, or creatable (remote ones: bucket_error)
         check_workdir(workdir)
     cfg = dataclasses.replace(cfg, workdir=str(workdir))
-    try:
-        mesh = sharding.make_mesh(cfg.mesh)
-    except ValueError as e:
-        raise UsageError(f"mesh: {one_line(e)} ({jax.device_count()} devices available)") from e
+    mesh = build_mesh(cfg)
     check_mesh_batch(cfg, mesh)
     if not cfg.train_entropy_model:
         from bltjax.train_step import max_patches_for

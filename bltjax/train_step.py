@@ -222,7 +222,7 @@ class Steps:
 def make_steps(cfg: TrainConfig, mesh: Mesh, entropy_params_abstract: Any = None) -> Steps:
     """Jit init / train / eval with explicit in/out shardings; the train step donates the state."""
     optimizer = make_optimizer(cfg.optim, cfg.steps)
-    abstract = jax.eval_shape(lambda k: init_state(cfg, optimizer, k), jax.random.key(0))
+    abstract = jax.eval_shape(lambda: init_state(cfg, optimizer, jax.random.key(0)))  # traced: no device needed
     shardings = state_shardings(abstract, mesh, optimizer)
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_sh = sharding.batch_sharding(mesh, 1)  # prefix: rows over ("data", "fsdp") for every leaf

@@ -10,11 +10,13 @@ cross-attention that turns bytes into patch vectors for the global model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 from bltjax.config import BLTConfig
 from bltjax.model import kv_cache
@@ -23,6 +25,7 @@ from bltjax.model.cross_attention import cross_attend
 from bltjax.model.hashing import hash_ids
 from bltjax.model.layers import BTD, dtype_of, linear, rms_norm
 from bltjax.model.transformer import StackSpec, block, layer, positions_rope
+from bltjax import sharding
 from bltjax.sharding import constrain
 
 BPD = ("act_batch", "act_patches", "act_embed")  # patch vectors / patch query slots
@@ -43,11 +46,35 @@ def embed(params: dict, cfg: BLTConfig, tokens_bn: jax.Array) -> jax.Array:
     if cfg.n_hash_tables:
         ids_btn = hash_ids(tokens_bn, cfg.encoder_hash_byte_group_size,
                            cfg.encoder_hash_byte_group_nb_functions, cfg.encoder_hash_byte_group_vocab)
-        tables = params["hash_embeddings"]
-        t, vh, d = tables.shape
-        flat_ids = constrain(ids_btn + (jnp.arange(t) * vh)[None, :, None], ("act_batch", "act_hash_tables", "act_len"))
-        e = e + constrain(jnp.sum(tables.reshape(t * vh, d)[flat_ids].astype(cdt), axis=1), BTD)
+        ids_btn = constrain(ids_btn, ("act_batch", "act_hash_tables", "act_len"))
+        e = e + constrain(hash_embedding_sum(params["hash_embeddings"], ids_btn).astype(cdt), BTD)
     return e
+
+
+def hash_embedding_sum(tables_tvd: jax.Array, ids_btn: jax.Array) -> jax.Array:
+    """``sum_t tables[t][ids[:, t]]`` -> ``[B, N, d]`` in the tables' dtype, one lookup per table.
+
+    Under FSDP the tables are split along ``d``: each device looks up every row of the batch for its
+    own columns (the ids are small), sums the tables, and one all-to-all returns its rows.  A single
+    lookup over all tables would hold ``[B, T, N, d / shards]`` (and its gradient, a T-fold broadcast
+    copy); table by table only ``[B, N, d / shards]`` is alive, and the backward pass scatters every
+    table from the same gradient.
+    """
+    cols = _table_columns(tables_tvd)  # every row, this device's columns: summed before any all-to-all
+    acc = cols(tables_tvd[0][ids_btn[:, 0]])
+    for t in range(1, tables_tvd.shape[0]):
+        acc = cols(acc + tables_tvd[t][ids_btn[:, t]])
+    return acc
+
+
+def _table_columns(tables_tvd: jax.Array):
+    """A constraint putting the last axis of a ``[B, N, d]`` lookup where the tables' ``d`` is split."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or math.prod(mesh.shape.values()) == 1:
+        return lambda x: x
+    spec = sharding.logical_to_spec(sharding.BLT_PARAM_AXES["hash_embeddings"], shape=tables_tvd.shape,
+                                    mesh_shape=dict(mesh.shape))
+    return lambda x: jax.lax.with_sharding_constraint(x, PartitionSpec(None, None, spec[2]))
 
 
 def _pool_row(h_nd: jax.Array, pid_n: jax.Array, n_patches: int, mode: str) -> jax.Array:
