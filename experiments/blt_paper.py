@@ -13,7 +13,9 @@ Launch on TPU v5p-128 (one slice):
     export BLTJAX_ENTROPY_MODEL=/mnt/bucket/entropy_model  # release entropy_model/ or a bltjax entropy run
     python -m bltjax.train --config experiments/blt_paper.py:1b --distributed --workdir /mnt/bucket/runs/blt_1b
 
-Expected: unmeasured here (no accelerator); see bltjax/configs/paper.py for what to watch.
+Memory fit (compiled for each size's slice from a CPU machine with ``python -m bltjax.aot``, figures
+in docs/tpu.md): 400M on v5e-64, 1B on v5p-128, 2B on v5p-256, 4B on v5p-512, 8B on 2 x v5p-512.
+Training speed is unmeasured here (no accelerator); see bltjax/configs/paper.py for what to watch.
 """
 
 from bltjax.configs.paper import paper_config

@@ -23,13 +23,16 @@ from bltjax.data import DataConfig
 from bltjax.sharding import MeshConfig
 from bltjax.train_config import CheckpointConfig, OptimConfig, TrainConfig
 
-# name: (d_local, decoder layers, local heads, d_global, global layers, global heads, k, remat, rows/step, steps)
+# name: (d_local, decoder layers, local heads, d_global, global layers, global heads, k, remat, rows/step,
+#        grad accumulation micro-batches, steps)
+# remat and grad accumulation are what fits each size's slice (python -m bltjax.aot, docs/tpu.md):
+# 400M on v5e-64, 1B on v5p-128, 2B on v5p-256, 4B on v5p-512, 8B on 2 x v5p-512.
 PAPER_SIZES = {
-    "blt_400m": (768, 7, 12, 1280, 24, 10, 2, "dots", 256, 60000),
-    "blt_1b": (1024, 9, 16, 2048, 25, 16, 2, "dots", 256, 100000),
-    "blt_2b": (1024, 9, 16, 2560, 26, 20, 3, "full", 512, 100000),
-    "blt_4b": (1024, 9, 16, 3072, 36, 24, 3, "full", 512, 120000),
-    "blt_8b": (1280, 6, 20, 4096, 32, 32, 4, "full", 1024, 120000),
+    "blt_400m": (768, 7, 12, 1280, 24, 10, 2, "full", 256, 4, 60000),
+    "blt_1b": (1024, 9, 16, 2048, 25, 16, 2, "dots", 256, 1, 100000),
+    "blt_2b": (1024, 9, 16, 2560, 26, 20, 3, "full", 512, 1, 100000),
+    "blt_4b": (1024, 9, 16, 3072, 36, 24, 3, "full", 512, 1, 120000),
+    "blt_8b": (1280, 6, 20, 4096, 32, 32, 4, "full", 1024, 1, 120000),
 }
 
 
@@ -38,7 +41,7 @@ def paper_config(name: str) -> TrainConfig:
     if name not in PAPER_SIZES:
         sizes = ", ".join(k.removeprefix("blt_") for k in PAPER_SIZES)
         raise ValueError(f"unknown paper size {name.removeprefix('blt_')!r} (choose one of {sizes})")
-    d_local, l_dec, h_local, d_global, l_global, h_global, k, remat, batch, steps = PAPER_SIZES[name]
+    d_local, l_dec, h_local, d_global, l_global, h_global, k, remat, batch, accum, steps = PAPER_SIZES[name]
     model = BLTConfig(
         dim_local_encoder=d_local, dim_local_decoder=d_local, n_layers_local_encoder=1,
         n_layers_local_decoder=l_dec, n_heads_local_encoder=h_local, n_heads_local_decoder=h_local,
@@ -56,7 +59,8 @@ def paper_config(name: str) -> TrainConfig:
         data=DataConfig(source="tfds", tfds_name=os.environ.get("BLTJAX_TFDS_NAME", "fineweb_edu"),
                         tfds_data_dir=os.environ.get("BLTJAX_DATA_DIR", ""), worker_count=4),
         entropy_model_checkpoint=os.environ.get("BLTJAX_ENTROPY_MODEL", "entropy_model"),
-        optim=OptimConfig(lr=4e-4, warmup_steps=2000, schedule="cosine", lr_min_ratio=0.1, clip=1.0),
+        optim=OptimConfig(lr=4e-4, warmup_steps=2000, schedule="cosine", lr_min_ratio=0.1, clip=1.0,
+                          grad_accum_steps=accum),
         checkpoint=CheckpointConfig(every=1000, keep_latest=3, keep_every=10_000),
         mesh=MeshConfig(ici_fsdp=-1, dcn_data=-1),
         seq_len=16384,
