@@ -162,3 +162,27 @@ def test_fsdp_needs_no_more_temporaries_than_data_parallel():
     t_fsdp = fsdp.memory_analysis().temp_size_in_bytes
     assert t_fsdp <= t_data + weight_bytes, (t_fsdp, t_data, weight_bytes)
 
+
+
+def test_hash_lookup_rows_stay_split_over_data():
+    """The hash-table lookups are split over the tables' width (``fsdp``); their rows stay split over
+    ``data`` (the axis across slices), so no device looks up the rows of another data shard, forward
+    or backward.  Per-device shapes are read from the compiled program."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from bltjax.model.local_encoder import hash_embedding_sum
+
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    rows, n, d = 4 * PER_DEVICE * 2, 24, 40  # 7 rows per batch shard (data 4 x fsdp 2)
+    tables = jax.ShapeDtypeStruct((3, 97, d), jnp.float32,
+                                  sharding=NamedSharding(mesh, PartitionSpec(None, None, "fsdp")))
+    ids = jax.ShapeDtypeStruct((rows, 3, n), jnp.int32,
+                               sharding=NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None, None)))
+    loss = lambda t, i: jnp.sum(jnp.sin(hash_embedding_sum(t, i)))
+    with jax.set_mesh(mesh):
+        hlo = jax.jit(jax.value_and_grad(loss)).lower(tables, ids).compile().as_text()
+    # a device's share: the rows of its data shard x half the width (= its own rows x the whole width)
+    share = (rows // 4) * n * (d // 2)
+    sizes = {s: math.prod(s) for s in _shapes(hlo)}
+    assert share in sizes.values(), sorted(sizes)
+    assert max(sizes.values()) <= share, f"rows of other data shards on a device: {sorted(sizes)}"

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
+from bltjax import sharding
 from bltjax.config import BLTConfig
 from bltjax.model import kv_cache
 from bltjax.model.attention import _NEG
@@ -25,7 +26,6 @@ from bltjax.model.cross_attention import cross_attend
 from bltjax.model.hashing import hash_ids
 from bltjax.model.layers import BTD, dtype_of, linear, rms_norm
 from bltjax.model.transformer import StackSpec, block, layer, positions_rope
-from bltjax import sharding
 from bltjax.sharding import constrain
 
 BPD = ("act_batch", "act_patches", "act_embed")  # patch vectors / patch query slots
@@ -60,21 +60,25 @@ def hash_embedding_sum(tables_tvd: jax.Array, ids_btn: jax.Array) -> jax.Array:
     copy); table by table only ``[B, N, d / shards]`` is alive, and the backward pass scatters every
     table from the same gradient.
     """
-    cols = _table_columns(tables_tvd)  # every row, this device's columns: summed before any all-to-all
+    cols = _table_columns(tables_tvd, ids_btn.shape[0])  # this device's columns: summed before any all-to-all
     acc = cols(tables_tvd[0][ids_btn[:, 0]])
     for t in range(1, tables_tvd.shape[0]):
         acc = cols(acc + tables_tvd[t][ids_btn[:, t]])
     return acc
 
 
-def _table_columns(tables_tvd: jax.Array):
-    """A constraint putting the last axis of a ``[B, N, d]`` lookup where the tables' ``d`` is split."""
+def _table_columns(tables_tvd: jax.Array, batch: int):
+    """A constraint putting the last axis of a ``[B, N, d]`` lookup where the tables' ``d`` is split.
+
+    The rows stay split over the batch mesh axes the columns do not use (``data`` across slices):
+    a device looks up the rows of its own data shard only, never those of another slice.
+    """
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or math.prod(mesh.shape.values()) == 1:
         return lambda x: x
-    spec = sharding.logical_to_spec(sharding.BLT_PARAM_AXES["hash_embeddings"], shape=tables_tvd.shape,
-                                    mesh_shape=dict(mesh.shape))
-    return lambda x: jax.lax.with_sharding_constraint(x, PartitionSpec(None, None, spec[2]))
+    spec = sharding.logical_to_spec((*sharding.BLT_PARAM_AXES["hash_embeddings"], "act_batch"),
+                                    shape=(*tables_tvd.shape, batch), mesh_shape=dict(mesh.shape))
+    return lambda x: jax.lax.with_sharding_constraint(x, PartitionSpec(spec[3], None, spec[2]))
 
 
 def _pool_row(h_nd: jax.Array, pid_n: jax.Array, n_patches: int, mode: str) -> jax.Array:
