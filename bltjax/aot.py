@@ -27,7 +27,8 @@ import pathlib
 import re
 import sys
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 EXIT_OK, EXIT_USAGE, EXIT_NO_FIT = 0, 2, 3
 
@@ -98,7 +99,7 @@ def prepare_platform(topology: str) -> None:
 
 def load_target(args: argparse.Namespace):
     """``(cfg, topology, devices, mesh)``: config as training loads it, the mesh as training builds it."""
-    from bltjax import train, tpu_chips
+    from bltjax import tpu_chips, train
 
     cfg = train.resolve_config(args)
     try:
@@ -175,7 +176,8 @@ def _oom_line(e: BaseException) -> Optional[str]:
         return None
     m = _OOM.search(text)
     if m:
-        return f"needs {m.group(2)}iB of {m.group(1)} per device, {m.group(3)}iB of HBM available (XLA compile-time check)"
+        return (f"needs {m.group(2)}iB of {m.group(1)} per device, {m.group(3)}iB of HBM available "
+                "(XLA compile-time check)")
     return text.strip().splitlines()[0][:300]
 
 
@@ -258,8 +260,9 @@ def build_report(cfg, topo, devices, mesh, compiled, parts: dict, compile_s: flo
     peak = chip.peak_bf16_flops / per_chip if chip else None
     # XLA's TPU cost analysis counts a loop body once (scanned layers!): the compute term takes the
     # larger of its FLOPs and bltjax's model FLOPs; the HBM term stays a lower bound.
-    est = roofline(max(xla_flops, model_dev or 0.0), traffic, coll.total_bytes, peak, chip.hbm_bytes_per_s / per_chip if chip else None,
-                   chip.ici_bytes_per_s / per_chip if chip and chip.ici_bytes_per_s else None, model_dev)
+    hbm_bw = chip.hbm_bytes_per_s / per_chip if chip else None
+    ici_bw = chip.ici_bytes_per_s / per_chip if chip and chip.ici_bytes_per_s else None
+    est = roofline(max(xla_flops, model_dev or 0.0), traffic, coll.total_bytes, peak, hbm_bw, ici_bw, model_dev)
     return {
         "config": cfg.name, "mode": mode, "topology": topo.describe(), "devices": n_dev,
         "device_kind": getattr(devices[0], "device_kind", "?"), "chip_source": chip.source if chip else None,
@@ -368,7 +371,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"per device, known before compiling: {known}", flush=True)
         print(f"does not fit: {e}", file=sys.stderr, flush=True)
         if args.json:
-            pathlib.Path(args.json).write_text(json.dumps({"fits": False, "reason": str(e), "parts": e.parts}, indent=2))
+            no_fit = {"fits": False, "reason": str(e), "parts": e.parts}
+            pathlib.Path(args.json).write_text(json.dumps(no_fit, indent=2))
         return EXIT_NO_FIT
     print(format_report(report), flush=True)
     if args.json:

@@ -19,7 +19,8 @@ import json
 import multiprocessing
 import pathlib
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from bltjax import aot
 
@@ -86,13 +87,15 @@ def _fmt(v: Optional[float], spec: str) -> str:
 
 
 def write_markdown(results: list[dict], header: str, path: pathlib.Path) -> None:
-    lines = [header, "", "| point | fits | GiB / device | est. step (ms) | est. MFU | collectives GiB / device | note |",
+    lines = [header, "",
+             "| point | fits | GiB / device | est. step (ms) | est. MFU | collectives GiB / device | note |",
              "|---|---|---|---|---|---|---|"]
     for res in results:
         r = _row(res)
         mfu = None if r["mfu"] is None else 100 * r["mfu"]
-        lines.append(f"| {r['point']} | {'yes' if r['status'] == 'fits' else 'NO' if r['status'] == 'no fit' else 'error'} "
-                     f"| {_fmt(r['gib'], '.1f')} | {_fmt(r['step_ms'], '.0f')} | {_fmt(mfu, '.1f')}{'' if mfu is None else ' %'} "
+        fits = {"fits": "yes", "no fit": "NO"}.get(r["status"], "error")
+        mfu_s = _fmt(mfu, ".1f") + ("" if mfu is None else " %")
+        lines.append(f"| {r['point']} | {fits} | {_fmt(r['gib'], '.1f')} | {_fmt(r['step_ms'], '.0f')} | {mfu_s} "
                      f"| {_fmt(r['coll_gib'], '.1f')} | {r['reason']} |")
     lines += ["", "Step time and MFU are roofline estimates (peak FLOP/s, HBM and ICI bandwidth, perfect overlap), "
               "not measurements."]

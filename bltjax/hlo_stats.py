@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 
@@ -162,8 +162,11 @@ def collective_stats(text: str) -> CollectiveStats:
     return CollectiveStats(ops, execs, {k: float(v) for k, v in nbytes.items()})
 
 
-def largest_buffers(text: str, top: int = 5, skip_ops: Iterable[str] = ("parameter", "tuple",
-                                                                         "get-tuple-element", "bitcast")) -> list[tuple[float, str, str]]:
+_NOT_BUFFERS = ("parameter", "tuple", "get-tuple-element", "bitcast")
+
+
+def largest_buffers(text: str, top: int = 5,
+                    skip_ops: Iterable[str] = _NOT_BUFFERS) -> list[tuple[float, str, str]]:
     """The ``top`` largest per-device instruction results: ``(bytes, shape, opcode)`` (distinct shapes)."""
     comps, _ = parse_module(text)
     seen: dict[str, tuple[float, str, str]] = {}

@@ -41,7 +41,8 @@ class Chip:
 
 CHIPS: dict[str, Chip] = {
     # https://cloud.google.com/tpu/docs/v5p : 459 TFLOPs bf16, 95 GiB HBM2e, 2765 GBps,
-    # bidirectional ICI 1200 GBps per chip, 2 TensorCores per chip; slices listed by cores (4x4x8 = 256 cores, 128 chips)
+    # bidirectional ICI 1200 GBps per chip, 2 TensorCores per chip;
+    # slices listed by cores (4x4x8 = 256 cores, 128 chips)
     "v5p": Chip("v5p", 95, 95.73, 459e12, 2765e9, 1200e9, 2, True, 3, "https://cloud.google.com/tpu/docs/v5p"),
     # https://cloud.google.com/tpu/docs/v5e : 197 TFLOPs bf16, 16 GB HBM2, 819 GBps, bidirectional ICI
     # 400 GBps per chip, 1 TensorCore per chip; accelerator types count chips (v5litepod-16 = 4x4)

@@ -222,9 +222,6 @@ def check_workdir(workdir: pathlib.Path) -> None:
 
 def prepare(args: argparse.Namespace) -> Setup:
     """Config, mesh, data sources, entropy model, resume compatibility: fail before writing anything."""
-    import jax
-
-    from bltjax import sharding
     from bltjax.data.pipeline import stream_index
 
     init_runtime(args)

@@ -8,10 +8,10 @@ import json
 import math
 
 import pytest
+from conftest import REPO
 
 from bltjax import aot, aot_sweep, hlo_stats, tpu_chips
 from bltjax.config import tiny_blt_config
-from conftest import REPO
 
 TINY = str(REPO / "tests" / "helpers" / "train_child_tiny.py")
 
