@@ -1,4 +1,4 @@
-"""Local encoder (spec §4, §6): hash n-gram embeddings, a windowed byte transformer, and
+"""Local encoder (design §4, §6): hash n-gram embeddings, a windowed byte transformer, and
 cross-attention that turns bytes into patch vectors for the global model.
 
     e      = E_tok[x] + Σ_t E_t[hash_t(x)]                          [B, N, dE]
