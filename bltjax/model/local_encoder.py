@@ -74,6 +74,8 @@ def _table_columns(tables_tvd: jax.Array):
         return lambda x: x
     spec = sharding.logical_to_spec(sharding.BLT_PARAM_AXES["hash_embeddings"], shape=tables_tvd.shape,
                                     mesh_shape=dict(mesh.shape))
+    if spec[2] is None:  # replicated tables (e.g. a data mesh): keep the lookup split by rows
+        return lambda x: constrain(x, BTD)
     return lambda x: jax.lax.with_sharding_constraint(x, PartitionSpec(None, None, spec[2]))
 
 
