@@ -1,6 +1,6 @@
 """Generation throughput: cached incremental decoding vs the naive re-patch-everything loop.
 
-Model: the spec §19 CPU benchmark size (``spec19_blt_config``: 27.6 M parameters, 23 M of them hash
+Model: the design §19 CPU benchmark size (``spec19_blt_config``: 27.6 M parameters, 23 M of them hash
 tables) with entropy patching driven by a small random entropy model (dim 256, 4 layers, 4 heads,
 window 512 -- the shape of the global model).  Random weights; the entropy head is scaled so that
 entropies spread out, and the threshold is set to the entropy quantile that gives a mean patch of

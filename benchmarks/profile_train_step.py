@@ -2,7 +2,7 @@
 
     python benchmarks/profile_train_step.py [--steps 3] [--top 25] [--out benchmarks/results/train_step_profile.json]
 
-Same model, batch and optimizer as ``benchmarks/train_step.py`` (spec §19).  Traces ``--steps`` steps
+Same model, batch and optimizer as ``benchmarks/train_step.py`` (design §19).  Traces ``--steps`` steps
 with ``jax.profiler``, reads the per-op durations from the trace and joins them by name with the
 optimised HLO of the step, where every matmul (``dot``) gives its FLOPs.  Prints the slowest ops with
 their achieved GFLOP/s and totals per kind (projections/FFN, local attention, global attention, and

@@ -131,7 +131,7 @@ class Spec19:
 
 def bench_config(batch: int = 4, seq_len: int = 1024, precision: str = "float32",
                  model: Optional[BLTConfig] = None) -> TrainConfig:
-    """The benchmark's training config: ``model`` (default the spec §19 model), static patches, AdamW."""
+    """The benchmark's training config: ``model`` (default the design §19 model), static patches, AdamW."""
     if model is None:
         model = spec19_blt_config(patcher=PatcherConfig(mode="static", patch_size=4, threshold=None))
     return TrainConfig(model=model, seq_len=seq_len, global_batch_size=batch, steps=1000, precision=precision,

@@ -116,6 +116,7 @@ COMMANDS: dict[str, tuple[str, bool]] = {
     "bltjax-convert": ("bltjax.convert", False),
     "bltjax-entropy": ("bltjax.entropy_tools", True),
     "bltjax-fetch": ("bltjax.data.fetch", False),
+    "bltjax-aot": ("bltjax.aot", False),
 }
 
 
@@ -143,7 +144,8 @@ generate = _entry("bltjax-generate")
 convert = _entry("bltjax-convert")
 entropy = _entry("bltjax-entropy")
 fetch = _entry("bltjax-fetch")
+aot = _entry("bltjax-aot")
 
 __all__ = ["run_cli", "error_line", "expected_error", "one_line_warnings", "quiet_runtime_logs",
            "report_if_lost_peer", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_DIVERGED", "EXIT_INTERRUPTED",
-           "COMMANDS", "train", "eval", "generate", "convert", "entropy", "fetch"]
+           "COMMANDS", "train", "eval", "generate", "convert", "entropy", "fetch", "aot"]

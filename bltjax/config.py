@@ -2,7 +2,7 @@
 and every FLOP formula (``BLTConfig.flops_per_byte``, ``TransformerConfig.flops_per_byte``,
 ``train_flops_per_step``).
 
-Every field of the official ``params.json`` that changes behaviour has a field here (spec §20.10);
+Every field of the official ``params.json`` that changes behaviour has a field here (design §20.10);
 ``bltjax.convert`` maps release / Hugging Face configs onto these classes and refuses fields it
 cannot honour.  Semantic differences between the official code and the Hugging Face port are flags,
 not code forks (``local_doc_mask``, ``entropy_chunk_len``, ``patches_sum_to_n``...).
@@ -98,7 +98,7 @@ def mean_causal_context(seq_len: int, window: Optional[int]) -> float:
 
 
 def ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: Optional[float]) -> int:
-    """SwiGLU hidden size rule (spec §5.4): int(2*4d/3), optional multiplier, round up."""
+    """SwiGLU hidden size rule (design §5.4): int(2*4d/3), optional multiplier, round up."""
     hidden = int(2 * (4 * dim) / 3)
     if ffn_dim_multiplier is not None:
         hidden = int(ffn_dim_multiplier * hidden)
@@ -107,7 +107,7 @@ def ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: Optional[floa
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PatcherConfig:
-    """How byte sequences are cut into patches (spec §3)."""
+    """How byte sequences are cut into patches (design §3)."""
 
     mode: PatchingMode = "entropy"
     # Entropy modes.  threshold=None with mode="entropy" selects the fixed-patch-count variant.
@@ -124,7 +124,7 @@ class PatcherConfig:
     entropy_flatten_rows: bool = False  # reproduce official cross-row context leakage (issue #123)
     entropy_dtype: str = "float32"  # official realtime loader forces bfloat16
     reset_context_at_newline: bool = False  # paper §4.4 option
-    # Hugging Face port convention (spec §16.3): lengths cover the N real bytes only -- the virtual
+    # Hugging Face port convention (design §16.3): lengths cover the N real bytes only -- the virtual
     # next-byte position is dropped from the last patch (which may leave a trailing zero-length
     # patch) and, with max_patch_length, zero-length patches are dropped.  Patch ids are unchanged
     # for single rows; applied by bltjax.pretrained on top of the official include_next_token lengths.
@@ -145,7 +145,7 @@ class PatcherConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TransformerConfig:
-    """A plain pre-norm Llama-style byte transformer: the entropy model (spec §2)."""
+    """A plain pre-norm Llama-style byte transformer: the entropy model (design §2)."""
 
     dim: int = 768
     n_layers: int = 14
@@ -202,7 +202,7 @@ class TransformerConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BLTConfig:
-    """The Byte Latent Transformer (spec §4-§10).  Defaults = the released blt-1b."""
+    """The Byte Latent Transformer (design §4-§10).  Defaults = the released blt-1b."""
 
     vocab_size: int = 260
     eos_id: int = 2
@@ -345,7 +345,7 @@ class BLTConfig:
         return out
 
     def flops_per_byte(self, bytes_per_patch: float, seq_len_bytes: int, training: bool = True) -> float:
-        """Paper FLOPs per byte (arXiv 2412.09871 §4.5 Eq. 13 and appendix B; spec §11).
+        """Paper FLOPs per byte (arXiv 2412.09871 §4.5 Eq. 13 and appendix B; design §11).
 
         Forward per byte = 2 x (matmul weights applied once per byte)
         + 2 x (matmul weights applied once per patch) / bytes_per_patch
@@ -410,7 +410,7 @@ class BLTConfig:
 def train_flops_per_step(cfg: Any, bytes_per_patch: Optional[float] = None) -> float:
     """Model FLOPs of one optimizer step of ``cfg`` (a ``TrainConfig``), backward = 2x forward.
 
-    BLT: ``model.flops_per_byte(bytes_per_patch, seq_len)`` (spec §11 paper accounting) times the
+    BLT: ``model.flops_per_byte(bytes_per_patch, seq_len)`` (design §11 paper accounting) times the
     bytes per step; ``bytes_per_patch`` defaults to ``model.patcher.patch_size`` (pass the measured
     mean for entropy patching).  Entropy-model training (``train_entropy_model``):
     ``model.entropy_model.flops_per_byte(seq_len, training=True)`` per byte.
@@ -436,7 +436,7 @@ def tiny_blt_config(**overrides: Any) -> BLTConfig:
 
 
 def spec19_blt_config(**overrides: Any) -> BLTConfig:
-    """The 27.6M-parameter CPU benchmark model of spec §19."""
+    """The 27.6M-parameter CPU benchmark model of design §19."""
     base = dict(
         dim_local_encoder=128, dim_local_decoder=128, n_layers_local_encoder=1, n_layers_local_decoder=2,
         n_heads_local_encoder=2, n_heads_local_decoder=2, dim_global=256, n_layers_global=4,

@@ -1,6 +1,6 @@
 """Entropy-model scoring: entropies of token rows and texts, and the real patcher over many rows.
 
-Conventions (spec §1-§3): documents are ``[BOS] bytes [EOS]``; ``H_i`` is the entropy model's
+Conventions (design §1-§3): documents are ``[BOS] bytes [EOS]``; ``H_i`` is the entropy model's
 uncertainty about token ``i+1``.  Patch statistics use ``include_next_token=False`` (the training
 convention) and "bytes per patch" counts tokens (BOS/EOS included).
 """

@@ -15,7 +15,7 @@ plus the plot data and the ``precompute`` writer; the library names are re-expor
 ``--entropy-model`` is anything ``bltjax.pretrained.load_entropy_model`` reads:
 an entropy-only release / training directory, or a BLT checkpoint that carries its entropy model.
 
-Conventions (spec §1-§3).  Documents are token streams ``[BOS] bytes [EOS]`` (BOS=1, EOS=2, byte
+Conventions (design §1-§3).  Documents are token streams ``[BOS] bytes [EOS]`` (BOS=1, EOS=2, byte
 b -> b+4).  ``H_i`` is the entropy model's uncertainty about token ``i+1``; position ``j >= 2``
 starts a patch iff ``H_{j-1} > θ`` (global mode) or ``H_{j-1} - H_{j-2} > θ`` (monotonic mode,
 ``j >= 3``).  Patch statistics here use ``include_next_token=False`` (the training convention: a

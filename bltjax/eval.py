@@ -11,7 +11,7 @@ Works for BLT checkpoints (patched with the checkpoint's own patcher and entropy
 entropy-only checkpoints (bits per byte of the entropy LM itself; patch statistics from entropy
 patching at the checkpoint's threshold, or ``--threshold``).
 
-Metric (paper Eq. 18, official ``eval_ppl_on_path``, spec §11): every file is its own token stream
+Metric (paper Eq. 18, official ``eval_ppl_on_path``, design §11): every file is its own token stream
 (each document ``[BOS] bytes [EOS]``), cut into windows of ``seq_len + 1`` tokens that overlap by
 one (``x = w[:-1]``, ``y = w[1:]``: every token after the first is predicted exactly once);
 ``bpb = Σ CE(logits, y) / ln 2 / n`` where the sum and ``n`` run over all non-padding targets

@@ -15,7 +15,7 @@ Two methods, same sampling / stopping code:
   encoder and decoder advance one byte with KV caches; the global model runs once per completed
   patch).  Shapes are static: no recompilation per byte, per prompt length within a bucket, per
   batch size within a bucket, per sampling setting, or per ``max_new_bytes`` within a 64-byte step.
-* ``method="naive"``: the official ``generate_nocache`` semantics (spec §13): for every new byte the
+* ``method="naive"``: the official ``generate_nocache`` semantics (design §13): for every new byte the
   whole prefix is re-entropied, re-patched (``include_next_token=True``) and run through the full
   forward; the logits of the last real byte are used.  Rows are left-aligned and padded to a
   multiple of 64 bytes (the padding sits in the last patch, after the virtual next byte, so

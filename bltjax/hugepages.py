@@ -2,7 +2,7 @@
 
 XLA:CPU allocates its temporary buffers afresh for every execution.  glibc serves allocations of more
 than 32 MiB with fresh ``mmap``s, so every train step first-touches hundreds of MiB of new 4 KiB pages:
-on the spec §19 benchmark model that page-faulting was a quarter of the step (1.48 s -> 1.10 s per
+on the design §19 benchmark model that page-faulting was a quarter of the step (1.48 s -> 1.10 s per
 step with huge pages, ``benchmarks/train_step.py``).  glibc >= 2.35 can ask for transparent huge pages
 on those mappings (tunable ``glibc.malloc.hugetlb=1``; effective when
 ``/sys/kernel/mm/transparent_hugepage/enabled`` is ``madvise`` or ``always``), but tunables are read

@@ -1,4 +1,4 @@
-"""Optimizer, learning-rate schedule, gradient accumulation and the byte-level loss (spec §11, §12.3).
+"""Optimizer, learning-rate schedule, gradient accumulation and the byte-level loss (design §11, §12.3).
 
 * ``make_schedule``: linear warm-up ``lr * step / warmup`` then cosine (or linear) decay to
   ``lr * lr_min_ratio`` at ``total_steps``, or constant; ``step`` counts optimizer updates from 0.

@@ -1,4 +1,4 @@
-"""Patching (spec §3) and patch-id bookkeeping (spec §7, §8, §9) as pure, jit-able jnp functions.
+"""Patching (design §3) and patch-id bookkeeping (design §7, §8, §9) as pure, jit-able jnp functions.
 
 Everything works on static shapes.  A row of ``N`` token slots holds ``S`` real tokens (``S = N``
 unless ``lengths_b`` says otherwise; rows are right-padded) and is cut into patches covering
@@ -74,7 +74,7 @@ def _space_like(tokens: jnp.ndarray) -> jnp.ndarray:
 
 
 def rule_start(pcfg: PatcherConfig, j, h_prev=None, h_prev2=None, tok_prev=None, tok_prev2=None) -> jnp.ndarray:
-    """The patch-start rule at position ``j`` (spec §3.1), before ``max_patch_length`` splits and the
+    """The patch-start rule at position ``j`` (design §3.1), before ``max_patch_length`` splits and the
     row-length mask; element-wise, so it serves the batched patcher (``[B, N+1]`` arrays of shifted
     values) and the incremental decoder (scalars) alike.  Causal: it reads only ``H_{j-1}``
     (``h_prev``), ``H_{j-2}``, ``x_{j-1}`` (``tok_prev``) and ``x_{j-2}``; positions 0 and 1 always start.
@@ -149,7 +149,7 @@ def patch_start_mask(
     include_next_token: bool,
     lengths_b: Optional[jnp.ndarray] = None,
 ) -> jnp.ndarray:
-    """Patch start flags ``bool [B, N+1]`` over positions ``0..N`` (spec §3.1).
+    """Patch start flags ``bool [B, N+1]`` over positions ``0..N`` (design §3.1).
 
     Position ``j`` may only start a patch when ``j < S'`` (``S' = S + include_next_token``), so padding
     positions and, without ``include_next_token``, the virtual position ``S`` never start.  Positions 0
@@ -213,7 +213,7 @@ def lengths_from_starts(
 
     Only flags at positions ``< total_b`` (the row's ``S'``) count, and position 0 always starts a patch,
     so each row's lengths sum to ``total_b``.  ``max_patch_length = m`` splits every longer patch into
-    ``[m, m, ..., rest]`` (full chunks first, a zero remainder is not emitted), spec §3.2.  Lengths are
+    ``[m, m, ..., rest]`` (full chunks first, a zero remainder is not emitted), design §3.2.  Lengths are
     right-padded with 0.  A row needing more than ``max_patches`` patches sets ``overflow`` and is
     truncated: its first ``max_patches - 1`` patches are kept and the last kept patch absorbs all the
     remaining positions (so the sum stays ``total_b``, but that patch may exceed ``max_patch_length``);
@@ -253,7 +253,7 @@ def patch_lengths(
     max_patches: Optional[int] = None,
     lengths_b: Optional[jnp.ndarray] = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Patch lengths ``int32 [B, P]`` (zero right-padded) and ``overflow bool [B]`` (spec §3).
+    """Patch lengths ``int32 [B, P]`` (zero right-padded) and ``overflow bool [B]`` (design §3).
 
     ``P = max_patches`` if given, else ``pcfg.max_patches``, else ``N + 1`` (never overflows).
     Rows sum to ``S' = S + include_next_token`` with ``S = lengths_b`` (default N).
@@ -280,7 +280,7 @@ def model_start_mask(pcfg: PatcherConfig, tokens_bn: jnp.ndarray, entropies_bn: 
     """Patch starts over positions ``0..N`` as a BLT is trained and decoded: the virtual next byte
     included and a first patch of one byte (the decoder reads patch ``P(i+1) - 1`` for byte ``i``, so a
     longer first patch would show byte 0 the bytes after it).  ``static`` mode therefore uses the data
-    loader's ``[1, ps, ps, ...]`` (spec §15.5) instead of the official patcher's ``[ps, ps, ...]``; the
+    loader's ``[1, ps, ps, ...]`` (design §15.5) instead of the official patcher's ``[ps, ps, ...]``; the
     other modes are ``patch_start_mask(include_next_token=True)``, which starts at 0 and 1 already."""
     if pcfg.mode != "static":
         return patch_start_mask(pcfg, tokens_bn, entropies_bn, include_next_token=True, lengths_b=lengths_b)
@@ -307,7 +307,7 @@ def model_patch_lengths(pcfg: PatcherConfig, tokens_bn: jnp.ndarray, entropies_b
 
 
 def patch_ids_from_lengths(lengths_bp: jnp.ndarray, n: int) -> jnp.ndarray:
-    """Patch id of each of ``n`` positions: ``int32 [B, n]`` (spec §9).
+    """Patch id of each of ``n`` positions: ``int32 [B, n]`` (design §9).
 
     ``pid(i) = #{p : start_p <= i} - 1`` with ``start = [0, cumsum(lengths)]`` -- equivalently the number
     of patch *ends* ``cumsum(lengths)_p`` that are ``<= i`` -- exactly the official formula including
@@ -323,7 +323,7 @@ def patch_ids_from_lengths(lengths_bp: jnp.ndarray, n: int) -> jnp.ndarray:
 
 
 def decoder_patch_ids(lengths_bp: jnp.ndarray, n: int) -> jnp.ndarray:
-    """Decoder patch ids ``int32 [B, n]``: ids from ``lengths[:, 1:]`` -- the off-by-one of spec §8
+    """Decoder patch ids ``int32 [B, n]``: ids from ``lengths[:, 1:]`` -- the off-by-one of design §8
     (byte i reads the global state of patch ``P(i+1) - 1``)."""
     return patch_ids_from_lengths(jnp.asarray(lengths_bp)[:, 1:], n)
 
@@ -341,7 +341,7 @@ def trim_lengths(lengths_bp) -> np.ndarray:
 def global_patch_tokens(tokens_bn: jnp.ndarray, patch_ids_bn: jnp.ndarray, n_patches: int,
                         eos_id: int = EOS_ID) -> jnp.ndarray:
     """Global-model token per patch ``int32 [B, n_patches]``: ``eos_id`` if any byte of the patch is EOS,
-    else BOE (0).  Drives the block-causal global mask (spec §7).  Ids ``>= n_patches`` are ignored."""
+    else BOE (0).  Drives the block-causal global mask (design §7).  Ids ``>= n_patches`` are ignored."""
     tokens_bn = jnp.asarray(tokens_bn)
     patch_ids_bn = jnp.asarray(patch_ids_bn).astype(jnp.int32)
     if tokens_bn.shape != patch_ids_bn.shape or tokens_bn.ndim != 2:

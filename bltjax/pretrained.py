@@ -11,7 +11,7 @@ as :class:`LoadedCheckpoint`, for the tools) and ``load_entropy_model`` (just th
 Layouts (detected from the files present):
 
 * **release**: ``params.json`` (TrainArgs) + ``consolidated.pth`` (or ``consolidated/consolidated.pth``);
-  the entropy model in ``entropy_model/`` inside the directory or next to it (spec §16.1);
+  the entropy model in ``entropy_model/`` inside the directory or next to it (design §16.1);
 * **hub-mixin** (``facebook/blt-1b`` style): ``config.json`` = ``{"args": ...}``, ``train_args.json``
   (the params.json) and ``model.safetensors`` with official key names;
 * **hf**: a ``transformers`` ``BltForCausalLM`` directory (``config.json`` with ``model_type: "blt"``);
@@ -73,7 +73,7 @@ class Pretrained:
     # ------------------------------------------------------------------ properties
     @property
     def hf_convention(self) -> bool:
-        """True when patch lengths follow the Hugging Face port (rows sum to N, spec §16.3)."""
+        """True when patch lengths follow the Hugging Face port (rows sum to N, design §16.3)."""
         return bool(self.config.patcher.patches_sum_to_n)
 
     @property
@@ -141,7 +141,7 @@ class Pretrained:
                              f"({(n_b + 1).tolist()}; official inference convention: the last patch includes "
                              f"the next byte), got {sums.tolist()}")
         if (arr[:, 0] != 1).any():
-            raise ValueError("the first patch must have length 1 (the BOS patch, spec §8)")
+            raise ValueError("the first patch must have length 1 (the BOS patch, design §8)")
         if arr.shape[1] > self.config.max_seqlen + 1:
             raise ValueError(f"{arr.shape[1]} patches exceed the global model's max_seqlen={self.config.max_seqlen}")
         return arr
@@ -168,7 +168,7 @@ class Pretrained:
 
         Every computation here is causal, so padding never changes real positions; the one padded
         slot that joins a real patch (position N, the virtual next byte) lands in the last patch,
-        whose global state nothing reads (spec §8, §10).
+        whose global state nothing reads (design §8, §10).
         """
         b, n = toks.shape
         width = bucket(n, cap=self.config.max_encoder_seq_length) if self._can_pad else n
@@ -188,7 +188,7 @@ class Pretrained:
 
     # ------------------------------------------------------------------ public API
     def entropies(self, tokens: Any, lengths: Any = None) -> np.ndarray:
-        """Next-byte entropies (nats) of the entropy model, float32 ``[B, N]`` (spec §2).
+        """Next-byte entropies (nats) of the entropy model, float32 ``[B, N]`` (design §2).
 
         ``lengths`` (optional, int ``[B]``): real tokens per row of a right-padded batch; later
         positions are returned as 0.

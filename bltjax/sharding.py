@@ -1,7 +1,7 @@
 """Device mesh, logical-axis rules and parameter / batch shardings.
 
 One mesh with axes ``("data", "fsdp", "tensor")`` (all ``AxisType.Auto``: BLT's vmapped segment ops
-break under Explicit axes, see docs/jax-stack.md §1.2).  Parameters and activations name their
+break under Explicit axes).  Parameters and activations name their
 dimensions with *logical* axes (``"embed"``, ``"mlp"``, ``"batch"``...); the single table
 :data:`LOGICAL_AXIS_RULES` maps those names onto mesh axes, so a parallelism change is a table edit,
 not a model edit.

@@ -1,4 +1,4 @@
-"""Byte-level tokenizer of BLT (spec §1): token id = byte value + 4, ids 0..3 are specials.
+"""Byte-level tokenizer of BLT (design §1): token id = byte value + 4, ids 0..3 are specials.
 
 Pure host-side numpy code.  Unlike the official tokenizer, ``encode`` takes ``bytes`` as they are,
 so any byte string (including invalid UTF-8) round-trips exactly through ``encode``/``decode``.

@@ -54,7 +54,7 @@ def _check(cond: bool, msg: str) -> None:
 # ====================================================================== schema
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OptimConfig:
-    """AdamW + global-norm clipping + warmup/decay schedule (spec §12.3; defaults = paper).
+    """AdamW + global-norm clipping + warmup/decay schedule (design §12.3; defaults = paper).
 
     ``weight_decay_exclude`` holds regular expressions matched (``re.search``) against the
     "/"-joined parameter path; matching leaves get no weight decay.  Empty (the default) decays
@@ -102,7 +102,7 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CheckpointConfig:
-    """When to save and what to keep (Orbax policies, jax-stack §5.7).
+    """When to save and what to keep (Orbax keep policies).
 
     Saves happen every ``every`` steps (and at the end / on preemption); the ``keep_latest`` most
     recent are kept, plus every step that is a multiple of ``keep_every`` (permanent) when set.

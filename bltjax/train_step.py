@@ -3,13 +3,13 @@
 The train state is a plain pytree ``{"step": int32[], "params": ..., "opt_state": ...}`` (fp32 master
 weights; the compute dtype comes from ``TrainConfig.precision`` via ``resolved_model()``).
 
-Patching happens inside the jitted step, on device, with static shapes (spec §3, §8):
+Patching happens inside the jitted step, on device, with static shapes (design §3, §8):
 
 * every row of ``N`` bytes is cut into patches covering ``N + 1`` positions (the virtual next byte),
   whose **first patch has length 1** -- the decoder reads patch ``P(i+1) - 1`` for byte ``i``, so a
   longer first patch would let byte 0 see bytes 1.. of its own patch (a leak of the future);
 * ``static`` mode is therefore trained with ``[1, ps, ps, ..., rest]`` (the data-loader convention the
-  official packer produces, spec §15.5), not the patcher's inference-style ``[ps, ps, ...]``;
+  official packer produces, design §15.5), not the patcher's inference-style ``[ps, ps, ...]``;
   ``space``/``entropy``/``bpe``/``byte`` always start patches at positions 0 and 1 (first patch = 1);
 * rows are padded to a static ``max_patches`` (``model.patcher.max_patches`` or :func:`max_patches_for`);
   rows needing more are truncated by the patcher (the last kept patch absorbs the rest) and counted in

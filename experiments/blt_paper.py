@@ -1,4 +1,4 @@
-"""BLT paper sizes (paper Table 10, spec §12.1), the size given after the file name:
+"""BLT paper sizes (paper Table 10, design §12.1), the size given after the file name:
 
     --config experiments/blt_paper.py:400m | :1b | :2b | :4b | :8b
 

@@ -5,7 +5,7 @@ point at a local copy with ``--set data.path=PATH/input.txt``):
 
     python -m bltjax.train --config experiments/entropy_tiny_shakespeare.py       # ./runs/entropy_tiny_shakespeare
 
-Model: ``model.entropy_model`` = 4 layers x 128 wide, 4 heads, sliding window 512 (spec §2), trained on
+Model: ``model.entropy_model`` = 4 layers x 128 wide, 4 heads, sliding window 512 (design §2), trained on
 rows of 512 bytes (the window), batch 8 (4 KiB per step), 1000 steps; 0.92M parameters, ~6.9 MFLOPs per
 byte.  Same pipeline, sharding, checkpoints and metrics as BLT training.  The finished workdir is a
 valid ``entropy_model_checkpoint``; pick a threshold for a target mean patch size, then train a BLT

@@ -1,4 +1,4 @@
-"""Hash n-gram ids: bit-exact vs the official fixture and a big-integer reference (spec §4)."""
+"""Hash n-gram ids: bit-exact vs the official fixture and a big-integer reference (design §4)."""
 
 import functools
 

@@ -1,5 +1,5 @@
-"""Patcher: every mode of spec §3 against the official fixture and a slow pure-Python reference,
-plus patch ids / decoder ids / global tokens (spec §7-§9)."""
+"""Patcher: every mode of design §3 against the official fixture and a slow pure-Python reference,
+plus patch ids / decoder ids / global tokens (design §7-§9)."""
 
 import functools
 import json
@@ -54,7 +54,7 @@ def _global_tokens(tokens_bn, patch_ids_bn, n_patches):
 
 
 def ref_patch_lengths(pcfg, tokens, entropies, seq_len, include_next_token):
-    """Obviously-correct list version of spec §3.1/§3.2 for ONE row (first ``seq_len`` tokens)."""
+    """Obviously-correct list version of design §3.1/§3.2 for ONE row (first ``seq_len`` tokens)."""
     s = seq_len
     total = s + int(include_next_token)
     x = [int(v) for v in tokens[:s]]

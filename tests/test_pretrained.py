@@ -126,7 +126,7 @@ def test_hf_parity(hf_model, hf_expected):
 
 
 def test_hf_max_patch_length_parity(hf_model, hf_expected):
-    """HF splits only the N real bytes and drops empty patches (spec §16.3, 1)."""
+    """HF splits only the N real bytes and drops empty patches (design §16.3, 1)."""
     E = hf_expected
     cfg = hf_model.config
     cfg = dataclasses.replace(cfg, patcher=dataclasses.replace(cfg.patcher, max_patch_length=4))

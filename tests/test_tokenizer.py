@@ -1,4 +1,4 @@
-"""Byte tokenizer: ids, round trips, batching, validation (spec §1)."""
+"""Byte tokenizer: ids, round trips, batching, validation (design §1)."""
 
 import numpy as np
 import pytest

@@ -169,7 +169,7 @@ def main() -> None:
         arrays["batch_tokens"] = batch.numpy().astype(np.int32)
         arrays["batch_patch_lengths_hf_raw"] = blengths.numpy().astype(np.int32)
         arrays["batch_logits"] = reloaded(batch, use_cache=False).logits.float().numpy()
-        # The same weights with max_patch_length=4: HF splits only the N real bytes (spec §16.3).
+        # The same weights with max_patch_length=4: HF splits only the N real bytes (design §16.3).
         reloaded.config.max_patch_length = MAX_PATCH_LENGTH
         for i, ids in enumerate(seqs):
             _, lengths, _ = reloaded.model.patcher(ids, patch_size=reloaded.config.patch_size, threshold=threshold,

@@ -1,4 +1,4 @@
-"""Paper Table 10 BLT sizes (spec §12.1) as one table; ``experiments/blt_paper.py:<size>`` selects a row.
+"""Paper Table 10 BLT sizes (design §12.1) as one table; ``experiments/blt_paper.py:<size>`` selects a row.
 
 Shared by every size: entropy patching at the released threshold (frozen entropy model, 14 x 768,
 window 512), hash n-grams 3..8 with 500002 rows, local window 512, rows of 16384 bytes (<= 4096

@@ -11,7 +11,7 @@ Public entry points:
 * ``bltjax.data.tfds_builder``: local text files -> TFDS ArrayRecord dataset (+ CLI);
 * ``bltjax.data.fetch``: named small corpora downloaded into a cache (``fetch:NAME`` paths, + CLI).
 
-Token ids (spec §1): byte ``b`` -> ``b + 4``, BOS = 1, EOS = 2, padding/BOE = 0.
+Token ids (design §1): byte ``b`` -> ``b + 4``, BOS = 1, EOS = 2, padding/BOE = 0.
 """
 
 import dataclasses

@@ -1,6 +1,6 @@
 """Training / validation byte pipeline on the Grain Dataset API (random access end to end).
 
-Token stream.  Every document becomes ``[BOS] (bytes + 4) [EOS]`` (BOS=1, EOS=2, spec §1); the
+Token stream.  Every document becomes ``[BOS] (bytes + 4) [EOS]`` (BOS=1, EOS=2, design §1); the
 documents of a split are concatenated in source order into one stream of ``N`` tokens.
 
 Windows.  Window ``i`` is ``stream[i*L : i*L + L + 1]`` with ``L = seq_len`` (consecutive
@@ -15,7 +15,7 @@ Example dict (one window; batches stack them on a leading axis):
 * ``"targets"``     int32 [L]: y (0 where padded);
 * ``"segment_ids"`` int32 [L]: document index within the window for each x position, from 0,
   incremented *after* each EOS (the EOS belongs to the document it closes: ``seg[j]`` = number of
-  EOS in ``x[:j]``, spec §9); padded positions get one more id than the last real token;
+  EOS in ``x[:j]``, design §9); padded positions get one more id than the last real token;
 * ``"mask"``        bool  [L]: True where ``y`` is a real token (False for padding);
 * ``"entropies"``   float32 [L], only with ``DataConfig.entropies_path``: the stored value for
   the stream position of each ``x`` token (0 where padded).

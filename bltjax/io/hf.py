@@ -1,4 +1,4 @@
-"""Hugging Face ``transformers`` BLT checkpoints (``model_type: "blt"``, spec §16.3).
+"""Hugging Face ``transformers`` BLT checkpoints (``model_type: "blt"``, design §16.3).
 
 A directory with ``config.json`` (``BltConfig`` with ``encoder_config`` / ``decoder_config`` /
 ``global_config`` / ``patcher_config`` sub-configs) and ``*.safetensors``.  Keys are the official

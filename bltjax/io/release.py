@@ -1,6 +1,6 @@
 """Official BLT release checkpoints: ``params.json`` -> configs, ``consolidated.pth`` -> params.
 
-``params.json`` is the official ``TrainArgs`` dump (spec §16.1).  :func:`config_from_params_json`
+``params.json`` is the official ``TrainArgs`` dump (design §16.1).  :func:`config_from_params_json`
 maps it onto :mod:`bltjax.config`; every field of the ``model`` / ``entropy_model`` /
 ``data.patcher_args`` sections is either
 
@@ -13,7 +13,7 @@ maps it onto :mod:`bltjax.config`; every field of the ``model`` / ``entropy_mode
 Unknown fields and contradictory combinations are errors, so a checkpoint whose semantics bltjax
 would silently change cannot load.
 
-State dicts (spec §16.2, official key names, torch ``[out, in]`` weights) are converted to the
+State dicts (design §16.2, official key names, torch ``[out, in]`` weights) are converted to the
 bltjax parameter pytree (``notes/params_layout.md``: ``[in, out]`` weights, layers stacked) by a
 declarative table of :class:`Entry` rows shared by both directions and by the Hugging Face loader.
 """
@@ -64,7 +64,7 @@ IGNORED_FIELDS: dict[str, str] = {
     "model.loss_parallel": _TRAIN, "model.fuse_sequence_parallel": _TRAIN, "model.use_fsdp": _TRAIN,
     "model.attn_to_keep": _LOG, "model.full_logging_n_layers": _LOG, "model.log_patch_lengths": _LOG,
     "model.patch_in_forward": "bltjax always patches outside the model (and the official in-forward "
-                              "path ignores the threshold, spec §3.3)",
+                              "path ignores the threshold, design §3.3)",
     "model.patching_threshold": _PIF, "model.patching_threshold_add": _PIF, "model.monotonicity": _PIF,
     "model.patching_batch_size": _PIF, "model.patching_device": _PIF, "model.max_patch_length": _PIF,
     "model.patching_thresholds_str": _PIF,
@@ -149,13 +149,13 @@ _PATCHER_MAPPED = {"patching_mode", "threshold", "threshold_add", "monotonicity"
                    "max_patch_length"}
 _TOP_MAPPED = {"model", "entropy_model", "train_entropy_model"}
 
-#: What the official realtime entropy loader (``load_entropy_model``, spec §2) uses regardless of
+#: What the official realtime entropy loader (``load_entropy_model``, design §2) uses regardless of
 #: params.json: only dim, n_layers, n_heads, max_seqlen, ffn_dim_multiplier, vocab_size are read.
 REALTIME_ENTROPY_OVERRIDES: dict[str, Any] = dict(
     sliding_window=512, doc_mask=True, rope_theta=10000.0, norm_eps=1e-5, multiple_of=256,
     n_kv_heads=None, head_dim=None)
 #: The official realtime patcher runs the entropy model in bf16 on 8192-byte chunks of the flattened
-#: batch (spec §2 calculate_entropies).
+#: batch (design §2 calculate_entropies).
 REALTIME_PATCHER_OVERRIDES: dict[str, Any] = dict(entropy_chunk_len=8192, entropy_flatten_rows=True,
                                                   entropy_dtype="bfloat16")
 
@@ -215,7 +215,7 @@ def _hash_sizes(value: Any) -> tuple[int, ...]:
 
 
 def _map_model(m: Json, patcher: PatcherConfig) -> BLTConfig:
-    """ByteLatentTransformerArgs -> BLTConfig (spec §4-§10, §20.10)."""
+    """ByteLatentTransformerArgs -> BLTConfig (design §4-§10, §20.10)."""
     _check_section(m, "model", _MODEL_MAPPED)
     d_e, d_d, d_g = m["dim_local_encoder"], m["dim_local_decoder"], m["dim_global"]
     if d_e != d_d:
@@ -286,7 +286,7 @@ def _map_model(m: Json, patcher: PatcherConfig) -> BLTConfig:
 
 
 def _map_entropy(e: Json, *, realtime_loader: bool = False) -> TransformerConfig:
-    """LMTransformerArgs -> TransformerConfig (spec §2)."""
+    """LMTransformerArgs -> TransformerConfig (design §2)."""
     _check_section(e, "entropy_model", _ENTROPY_MAPPED)
     local_masks = _local_masks(e.get("attn_impl"), "entropy_model")
     bias = e.get("attn_bias_type") or "causal"
@@ -319,7 +319,7 @@ def _map_entropy(e: Json, *, realtime_loader: bool = False) -> TransformerConfig
 
 
 def patcher_config_from_params_json(d: Json, *, official_realtime: bool = False) -> PatcherConfig:
-    """``data.patcher_args`` -> PatcherConfig (spec §3.3: inference reads the threshold from here)."""
+    """``data.patcher_args`` -> PatcherConfig (design §3.3: inference reads the threshold from here)."""
     data = d.get("data") or {}
     tok = data.get("tokenizer_args") or {}
     if "name" in tok and tok["name"] not in REQUIRED_VALUES["data.tokenizer_args.name"]:
@@ -423,7 +423,7 @@ def cross_entries(path: tuple[str, ...], prefix: str, n_layers: int, dim: int) -
 
 
 def blt_entries(cfg: BLTConfig) -> list[Entry]:
-    """Every BLT parameter with its official state-dict names (spec §16.2)."""
+    """Every BLT parameter with its official state-dict names (design §16.2)."""
     dE, dD, dG, k, V = cfg.dim_local_encoder, cfg.dim_local_decoder, cfg.dim_global, cfg.cross_attn_k, cfg.vocab_size
     T = cfg.n_hash_tables
     kv_l = cfg.n_kv_heads
@@ -456,7 +456,7 @@ def blt_entries(cfg: BLTConfig) -> list[Entry]:
 
 
 def entropy_entries(ecfg: TransformerConfig) -> list[Entry]:
-    """Every entropy-model parameter with its official (``LMTransformer``) names (spec §16.2)."""
+    """Every entropy-model parameter with its official (``LMTransformer``) names (design §16.2)."""
     d, V = ecfg.dim, ecfg.vocab_size
     out = [Entry(("tok_embeddings",), ("tok_embeddings.weight",), (V, d))]
     out += block_entries(("layers",), "layers", ecfg.n_layers, d, ecfg.n_heads, ecfg.kv_heads, ecfg.hdim,

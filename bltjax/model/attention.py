@@ -13,14 +13,14 @@ Self-attention (local byte models, entropy model, global model):
     * ``auto``: splash when compiling for TPU (the mesh's devices, or the default backend), cudnn on
       GPU with a 16-bit compute dtype, otherwise xla.
 
-Cross-attention (spec §6, §8, §9):
+Cross-attention (design §6, §8, §9):
     * encoder, patches query bytes: each byte belongs to exactly one patch, so the exact-patch mask is
       a *segment softmax* over the bytes of each patch — O(N*k*d) with gathers and segment sums, no
       [P*k, N] score matrix.
     * decoder, bytes query patches: byte i attends only to the k slots of patch dpid(i) — a gather and
       a softmax over k, O(N*k*d).
     * windowed variants (``cross_attn_window_*`` set) use the dense masked path.
-A query row with no allowed key returns 0 (flex-attention semantics, spec §20.6), never NaN.
+A query row with no allowed key returns 0 (flex-attention semantics, design §20.6), never NaN.
 Layouts: q ``[B, T, N, H]`` (N query heads), k/v ``[B, S, K, H]`` (K kv heads, GQA when K < N; kv head
 g serves query heads g*r .. g*r+r-1).
 """

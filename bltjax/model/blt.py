@@ -1,4 +1,4 @@
-"""The Byte Latent Transformer end to end (spec §10): bytes -> patches -> bytes.
+"""The Byte Latent Transformer end to end (design §10): bytes -> patches -> bytes.
 
     tokens [B,N], patch_lengths [B,P] (rows sum to N+1 on the official inference path, first = 1)
     pid    = patch_ids_from_lengths(patch_lengths, N)
@@ -32,7 +32,7 @@ from bltjax.sharding import constrain
 
 
 def init_params(cfg: BLTConfig, key: jax.Array) -> dict:
-    """Random parameters with the official initialisation rules (spec §5.5)."""
+    """Random parameters with the official initialisation rules (design §5.5)."""
     dt = dtype_of(cfg.param_dtype)
     dE, dD, dG, k = cfg.dim_local_encoder, cfg.dim_local_decoder, cfg.dim_global, cfg.cross_attn_k
     ks = iter(jax.random.split(key, 12))

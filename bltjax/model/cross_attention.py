@@ -1,4 +1,4 @@
-"""Byte <-> patch cross-attention layers (spec §6.3, §8, §9).
+"""Byte <-> patch cross-attention layers (design §6.3, §8, §9).
 
     Q = Wq · RMSNorm_q(q),  K, V = Wk, Wv · RMSNorm_kv(kv)        (no RoPE)
     q_new = 2·q + Wo · softmax(QKᵀ/√d_h + M) V                   (the official double residual)

@@ -1,6 +1,6 @@
 """Incremental (KV-cached) BLT: prefill the prompts, then add one byte per row per step.
 
-The naive generator re-patches and re-runs the whole prefix for every byte (spec §13).  Everything in
+The naive generator re-patches and re-runs the whole prefix for every byte (design §13).  Everything in
 BLT is causal, so the same logits come out of a byte-by-byte pipeline with caches:
 
 * **entropy model**: a ring (sliding-window) KV cache; ``H_r`` comes out of one single-token step.
@@ -13,7 +13,7 @@ BLT is causal, so the same logits come out of a byte-by-byte pipeline with cache
   so when the patch closes, its encoder cross-attention is computed once from cached states (the
   pooled queries change with every byte added, so nothing is computed before the patch is complete).
 * **global transformer**: runs once per *completed* patch, with a KV cache.
-* **local decoder**: byte ``r`` reads patch ``dpid(r) = P(r+1) - 1`` (spec §8): if ``start(r+1)`` the
+* **local decoder**: byte ``r`` reads patch ``dpid(r) = P(r+1) - 1`` (design §8): if ``start(r+1)`` the
   patch byte ``r`` just closed, otherwise the previous one -- in both cases the *last completed
   patch*, so only that patch's cross-attention keys/values are kept.  Ring KV cache per layer.
 
@@ -159,7 +159,7 @@ def split_params(params: dict, eparams: Optional[dict]) -> tuple[dict, Optional[
 
 def next_start(pcfg: PatcherConfig, j, orig_start, h_prev, h_prev2, tok_prev, tok_prev2):
     """(``start(j)``, updated latest rule start) including ``max_patch_length`` splitting: a patch
-    that grew to ``m`` positions since the latest rule start is cut (full chunks first, spec §3.2)."""
+    that grew to ``m`` positions since the latest rule start is cut (full chunks first, design §3.2)."""
     rs = patcher_lib.model_rule_start(pcfg, j, h_prev, h_prev2, tok_prev, tok_prev2)
     orig = jnp.where(rs, j, orig_start)
     start = rs

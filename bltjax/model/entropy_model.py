@@ -1,4 +1,4 @@
-"""The entropy model: a small byte-level causal LM whose next-byte entropy drives patching (spec §2).
+"""The entropy model: a small byte-level causal LM whose next-byte entropy drives patching (design §2).
 
     logits = W_out · RMSNorm(blocks(E_tok[x]))       sliding-window attention, documents split at EOS
 

@@ -1,4 +1,4 @@
-"""Global latent transformer over patches (spec §7): work proportional to patches, not bytes.
+"""Global latent transformer over patches (design §7): work proportional to patches, not bytes.
 
     g   = patch slots viewed [B, P, k*dE]  (-> optional bias-free projection to dG when k*dE != dG)
     out = blocks(g)   RoPE positions 0..P-1, causal or block-causal over EOS-delimited documents,

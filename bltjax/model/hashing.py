@@ -1,4 +1,4 @@
-"""Hash n-gram ids of the BLT local encoder (spec §4), bit-exact without ``jax_enable_x64``.
+"""Hash n-gram ids of the BLT local encoder (design §4), bit-exact without ``jax_enable_x64``.
 
 For n-gram size n, prime p and position i the official code computes, in wrapping *signed* 64-bit
 integer arithmetic,
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-# One prime per hash function (index = function number), spec §4.
+# One prime per hash function (index = function number), design §4.
 PRIMES: tuple[int, ...] = (
     1000000007, 5915587277, 1500450271, 3267000013, 5754853343, 4093082899, 9576890767, 3628273133,
     2860486313, 5463458053, 3367900313,
@@ -95,7 +95,7 @@ def _signed_floor_mod(hi: jnp.ndarray, lo: jnp.ndarray, vocab: int) -> jnp.ndarr
 # --------------------------------------------------------------------------- public API
 
 def hash_ids(tokens_bn: jnp.ndarray, group_sizes: Sequence[int], nb_functions: int, vocab: int) -> jnp.ndarray:
-    """Hash n-gram ids ``int32 [B, T, N]`` of integer tokens ``[B, N]`` (spec §4).
+    """Hash n-gram ids ``int32 [B, T, N]`` of integer tokens ``[B, N]`` (design §4).
 
     ``T = nb_functions * len(group_sizes)``; table ``t = f * len(group_sizes) + idx(n)`` (function-major,
     then n in list order), i.e. the official ``ModuleList`` order.  Bit-identical to the official

@@ -43,7 +43,7 @@ def linear(x: jax.Array, w_io: jax.Array, axes: Optional[Sequence[Optional[str]]
 
 
 def rope_tables(positions_bt: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos/sin tables [B, T, head_dim/2] for the interleaved-pair RoPE (spec §5.3), fp32."""
+    """cos/sin tables [B, T, head_dim/2] for the interleaved-pair RoPE (design §5.3), fp32."""
     k = jnp.arange(0, head_dim, 2, dtype=jnp.float32)[: head_dim // 2]
     freqs_h = 1.0 / (theta ** (k / head_dim))
     angles_bth = positions_bt.astype(jnp.float32)[..., None] * freqs_h

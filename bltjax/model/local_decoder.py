@@ -1,4 +1,4 @@
-"""Local decoder and byte head (spec §8).
+"""Local decoder and byte head (design §8).
 
     kv     = reshape(g_out · W_pd, [B, P*k, dD])
     y      = h_enc                                  (the encoder's final byte states)

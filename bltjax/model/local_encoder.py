@@ -1,4 +1,4 @@
-"""Local encoder (spec §4, §6): hash n-gram embeddings, a windowed byte transformer, and
+"""Local encoder (design §4, §6): hash n-gram embeddings, a windowed byte transformer, and
 cross-attention that turns bytes into patch vectors for the global model.
 
     e      = E_tok[x] + Σ_t E_t[hash_t(x)]                          [B, N, dE]
@@ -54,7 +54,7 @@ def embed(params: dict, cfg: BLTConfig, tokens_bn: jax.Array) -> jax.Array:
 def hash_embedding_sum(tables_tvd: jax.Array, ids_btn: jax.Array) -> jax.Array:
     """``sum_t tables[t][ids[:, t]]`` -> ``[B, N, d]`` in the tables' dtype, one lookup per table.
 
-    Under FSDP the tables are split along ``d``: each device looks up every row of the batch for its
+    Under FSDP the tables are split along ``d``: each device looks up every row of its data shard for its
     own columns (the ids are small), sums the tables, and one all-to-all returns its rows.  A single
     lookup over all tables would hold ``[B, T, N, d / shards]`` (and its gradient, a T-fold broadcast
     copy); table by table only ``[B, N, d / shards]`` is alive, and the backward pass scatters every
@@ -78,6 +78,8 @@ def _table_columns(tables_tvd: jax.Array, batch: int):
         return lambda x: x
     spec = sharding.logical_to_spec((*sharding.BLT_PARAM_AXES["hash_embeddings"], "act_batch"),
                                     shape=(*tables_tvd.shape, batch), mesh_shape=dict(mesh.shape))
+    if spec[2] is None:  # replicated tables (e.g. a data mesh): keep the lookup split by rows
+        return lambda x: constrain(x, BTD)
     return lambda x: jax.lax.with_sharding_constraint(x, PartitionSpec(spec[3], None, spec[2]))
 
 

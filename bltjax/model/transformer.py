@@ -1,4 +1,4 @@
-"""The pre-norm Llama block (spec §5) and stacks of it, stacked along a leading layer axis.
+"""The pre-norm Llama block (design §5) and stacks of it, stacked along a leading layer axis.
 
     h   = x + Wo · Attn(RoPE(Wq·n1), RoPE(Wk·n1), Wv·n1),   n1 = RMSNorm(x)
     out = h + W2 · (silu(W1·n2) ⊙ W3·n2),                 n2 = RMSNorm(h)
@@ -47,7 +47,7 @@ class StackSpec:
 
 
 def init_stack(spec: StackSpec, key: jax.Array, dtype=jnp.float32) -> dict:
-    """Official init (spec §5.5): trunc-normal std dim^-1/2 (w2: ffn^-1/2), norms = 1."""
+    """Official init (design §5.5): trunc-normal std dim^-1/2 (w2: ffn^-1/2), norms = 1."""
     L, d, f, hd = spec.n_layers, spec.dim, spec.ffn_dim, spec.head_dim
     ks = jax.random.split(key, 7)
     sd, sf = d ** -0.5, f ** -0.5
@@ -113,7 +113,7 @@ def positions_rope(t: int, spec: StackSpec, batch: int) -> tuple[jax.Array, jax.
 
 def apply_stack(stack: dict, x_btd: jax.Array, spec: StackSpec, doc_bt: Optional[jax.Array] = None,
                 scan: bool = True) -> jax.Array:
-    """Run all layers of ``stack`` (positions 0..T-1, never reset at documents: spec §5.3)."""
+    """Run all layers of ``stack`` (positions 0..T-1, never reset at documents: design §5.3)."""
     rope = positions_rope(x_btd.shape[1], spec, x_btd.shape[0])
     fn = _remat(lambda x, p: block(p, x, spec, rope, doc_bt), spec.remat)
     if not scan:
