@@ -58,20 +58,21 @@ def _serving_params(tree: Any, dtype: Any, mesh, mode: str) -> Any:
 
 def compile_generate(cfg, mesh, args) -> tuple[GenerateProgram, dict, float]:
     """Compile prefill and one cached decode step of ``cfg``'s model for ``args.batch`` rows."""
-    from bltjax import aot, train
+    from bltjax.aot_compile import compile_lowered, device_bytes
+    from bltjax.train_loop import UsageError
 
     model = cfg.resolved_model()
     try:
         decode.check_supported(model)
     except ValueError as e:
-        raise train.UsageError(f"--mode generate: {e}") from e
+        raise UsageError(f"--mode generate: {e}") from e
     shards = int(mesh.shape["data"]) * int(mesh.shape["fsdp"])
     if args.batch % shards:
-        raise train.UsageError(f"--batch {args.batch} is not divisible by the {shards} batch shards (data x fsdp) "
+        raise UsageError(f"--batch {args.batch} is not divisible by the {shards} batch shards (data x fsdp) "
                                f"of mesh {dict(mesh.shape)}")
     sizes = decode.DecodeSizes(prompt_len=args.prompt_len, max_len=args.prompt_len + args.new_bytes)
     if sizes.max_len > model.max_encoder_seq_length:
-        raise train.UsageError(f"--prompt-len + --new-bytes = {sizes.max_len} exceeds model.max_encoder_seq_length="
+        raise UsageError(f"--prompt-len + --new-bytes = {sizes.max_len} exceeds model.max_encoder_seq_length="
                                f"{model.max_encoder_seq_length}")
     params = _serving_params(jax.eval_shape(lambda: blt.init_params(model, jax.random.key(0))), model.dtype,
                              mesh, args.param_sharding)
@@ -85,14 +86,14 @@ def compile_generate(cfg, mesh, args) -> tuple[GenerateProgram, dict, float]:
     prefill = jax.jit(lambda p, e, t, n: decode.prefill(p, e, model, sizes, t, n))
     step = jax.jit(lambda p, e, st, t, a: decode.step(p, e, model, st, t, a), donate_argnums=(2,))
     with jax.set_mesh(mesh):
-        pre, secs_p = aot.compile_lowered(lambda: prefill.lower(params, eparams, row(sizes.prompt_len), row()))
+        pre, secs_p = compile_lowered(lambda: prefill.lower(params, eparams, row(sizes.prompt_len), row()))
         state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                              jax.eval_shape(prefill, params, eparams, row(sizes.prompt_len), row()),
                              pre.output_shardings)
-        stp, secs_s = aot.compile_lowered(lambda: step.lower(params, eparams, state, row(sizes.max_len),
+        stp, secs_s = compile_lowered(lambda: step.lower(params, eparams, state, row(sizes.max_len),
                                                              row(dt=jnp.bool_)))
-    parts = {"parameters": aot.device_bytes(params), "entropy model": aot.device_bytes(eparams),
-             "decode state (KV caches)": aot.device_bytes(state)}
+    parts = {"parameters": device_bytes(params), "entropy model": device_bytes(eparams),
+             "decode state (KV caches)": device_bytes(state)}
     return GenerateProgram(pre, stp), parts, secs_p + secs_s
 
 

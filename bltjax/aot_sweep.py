@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from bltjax import aot
+from bltjax import aot_report as aot
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +54,7 @@ def run_point(argv: list[str], point: list[str]) -> dict:
     """Worker: compile one point; a dict with ``status`` "fits" / "no fit" / "error" and the report."""
     args = aot.build_parser().parse_args(argv)
     aot.prepare_platform(args.topology)
-    from bltjax.train import UsageError, one_line
+    from bltjax.train_loop import UsageError, one_line
 
     args.overrides = list(args.overrides) + point
     try:

@@ -11,9 +11,9 @@ Launch on TPU v5p-128 (one slice):
 
     export BLTJAX_DATA_DIR=/mnt/bucket/tfds               # TFDS dataset (bltjax.data.tfds_builder)
     export BLTJAX_ENTROPY_MODEL=/mnt/bucket/entropy_model  # release entropy_model/ or a bltjax entropy run
-    python -m bltjax.train --config experiments/blt_paper.py:1b --distributed --workdir /mnt/bucket/runs/blt_1b
+    python -m bltjax.train --config experiments/blt_paper.py:1b --distributed --workdir gs://bucket/runs/blt_1b
 
-Memory fit (compiled for each size's slice from a CPU machine with ``python -m bltjax.aot``, figures
+Expected memory fit (compiled for each size's slice from a CPU machine with ``python -m bltjax.aot``, figures
 in docs/tpu.md): 400M on v5e-64, 1B on v5p-128, 2B on v5p-256, 4B on v5p-512, 8B on 2 x v5p-512.
 Training speed is unmeasured here (no accelerator); see bltjax/configs/paper.py for what to watch.
 """
