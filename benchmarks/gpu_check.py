@@ -34,7 +34,6 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from typing import Any, Optional
 
 import jax
@@ -43,6 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from benchmarks.train_step import run_timed as timed  # noqa: E402
 from bltjax import metrics, sharding, train_step  # noqa: E402
 from bltjax import patcher as patcher_lib  # noqa: E402
 from bltjax.config import BLTConfig, PatcherConfig, TransformerConfig, tiny_blt_config  # noqa: E402
@@ -120,15 +120,6 @@ def random_tokens(batch: int, n: int, seed: int) -> np.ndarray:
     tokens = np.random.default_rng(seed).integers(4, 260, size=(batch, n)).astype(np.int32)
     tokens[:, 0] = 1
     return tokens
-
-
-def timed(fn: Callable[[], Any], steps: int) -> list[float]:
-    out = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 # ---------------------------------------------------------------- part 1: train step MFU, cuDNN vs XLA
