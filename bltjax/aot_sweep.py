@@ -5,8 +5,9 @@
         --out sweeps/blt_1b --workers 2
 
 Writes ``OUT/sweep.md`` (table), ``OUT/sweep.json`` (every report) and ``OUT/sweep.png`` (HBM per
-device and estimated step time / MFU per point; points that do not fit are marked).  A point that
-fails (does not fit, bad mesh or batch) is recorded with its one-line reason; the sweep goes on.
+device and estimated step time / MFU per point; points that do not fit are marked), rewritten after
+every finished point, so an interrupted sweep keeps what it compiled.  A point that fails (does not
+fit, bad mesh or batch) is recorded with its one-line reason; the sweep goes on.
 Exit code 0 when at least one point fits, 3 otherwise, 2 on a bad command line.
 """
 
@@ -17,8 +18,10 @@ import concurrent.futures as cf
 import itertools
 import json
 import multiprocessing
+import os
 import pathlib
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -32,10 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="values to try for one config field (repeatable: the grid is their product)")
     p.add_argument("--out", required=True, help="directory for sweep.md / sweep.json / sweep.png")
-    p.add_argument("--workers", type=int, default=2, help="compiles in parallel (one process each)")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="compiles in parallel, one process each (default: a compile keeps about two cores busy, "
+                        "so half the cores, at most 4)")
     p.add_argument("--json", default=None, help=argparse.SUPPRESS)  # accepted, unused (sweep.json is written)
     p.add_argument("--hlo", default=None, help=argparse.SUPPRESS)
     return p
+
+
+def default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
 def parse_grid(items: Sequence[str]) -> list[list[str]]:
@@ -57,6 +66,7 @@ def run_point(argv: list[str], point: list[str]) -> dict:
     from bltjax.train_loop import UsageError, one_line
 
     args.overrides = list(args.overrides) + point
+    t0 = time.perf_counter()
     try:
         report = aot.run_one(args)
     except UsageError as e:
@@ -67,7 +77,7 @@ def run_point(argv: list[str], point: list[str]) -> dict:
         return {"point": point, "status": "error", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     fits = report["memory"]["fits"]
     status = "no fit" if fits is False else "fits"
-    return {"point": point, "status": status, "report": report,
+    return {"point": point, "status": status, "report": report, "wall_s": round(time.perf_counter() - t0, 1),
             "reason": aot.no_fit_line(report) if fits is False else ""}
 
 
@@ -109,9 +119,9 @@ def write_chart(results: list[dict], hbm_gib: Optional[float], title: str, path:
     import matplotlib.pyplot as plt
 
     rows = [_row(r) for r in results]
-    labels = [r["point"].replace(", ", "\n") for r in rows]
+    labels = [short_label(r["point"]) for r in rows]
     x = range(len(rows))
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, 1.3 * len(rows) + 2), 7), sharex=True)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, 1.7 * len(rows) + 2), 7), sharex=True)
     colors = ["tab:blue" if r["status"] == "fits" else "tab:red" for r in rows]
     ax1.bar(x, [r["gib"] or 0 for r in rows], color=colors)
     for i, r in enumerate(rows):
@@ -132,6 +142,28 @@ def write_chart(results: list[dict], hbm_gib: Optional[float], title: str, path:
     ax2.set_xticklabels(labels, fontsize=7)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def short_label(point: str) -> str:
+    """``"model.remat=dots, global_batch_size=256"`` -> ``"remat=dots\nglobal_batch_size=256"`` (chart ticks)."""
+    return "\n".join(item.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + item.split("=", 1)[1] if "=" in item else item
+                     for item in point.split(", "))
+
+
+def write_outputs(results: list[Optional[dict]], argv: list[str], args, out: pathlib.Path, elapsed_s: float) -> list:
+    """(Re)write sweep.json / sweep.md / sweep.png from the points finished so far; returns them."""
+    done = [r for r in results if r is not None]
+    first = next((r["report"] for r in done if "report" in r), None)
+    hbm = first["memory"]["hbm"] / (1 << 30) if first and first["memory"]["hbm"] else args.hbm_gib
+    header = f"# bltjax.aot sweep: {args.config or 'default'} on {args.topology}" + \
+             (f" x {args.num_slices} slices" if args.num_slices > 1 else "") + f" ({args.mode})"
+    summary = (f"{len(done)} of {len(results)} points in {elapsed_s / 60:.1f} minutes of wall time, "
+               f"{args.workers} worker(s), on {os.cpu_count()} CPU cores.")
+    (out / "sweep.json").write_text(json.dumps({"argv": argv, "points": len(results), "wall_s": round(elapsed_s, 1),
+                                                "workers": args.workers, "results": done}, indent=2))
+    write_markdown(done, header + "\n\n" + summary, out / "sweep.md")
+    write_chart(done, hbm, header.lstrip("# "), out / "sweep.png")
+    return done
 
 
 def _progress(total: int):
@@ -159,6 +191,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results: list[Optional[dict]] = [None] * len(points)
     bar = _progress(len(points))
     ctx = multiprocessing.get_context("spawn")
+    t0 = time.perf_counter()
     with cf.ProcessPoolExecutor(max_workers=max(1, args.workers), mp_context=ctx) as pool:
         futures = {pool.submit(run_point, worker_argv, pt): i for i, pt in enumerate(points)}
         for fut in cf.as_completed(futures):
@@ -167,19 +200,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 results[i] = fut.result()
             except Exception as e:  # noqa: BLE001 -- a crashed worker
                 results[i] = {"point": points[i], "status": "error", "reason": f"worker: {type(e).__name__}: {e}"}
+            write_outputs(results, argv, args, out, time.perf_counter() - t0)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix_str(f"{', '.join(points[i])}: {results[i]['status']}")
     if bar is not None:
         bar.close()
-    done = [r for r in results if r is not None]
-    first = next((r["report"] for r in done if "report" in r), None)
-    hbm = first["memory"]["hbm"] / (1 << 30) if first and first["memory"]["hbm"] else args.hbm_gib
-    header = f"# bltjax.aot sweep: {args.config or 'default'} on {args.topology}" + \
-             (f" x {args.num_slices} slices" if args.num_slices > 1 else "") + f" ({args.mode})"
-    (out / "sweep.json").write_text(json.dumps({"argv": argv, "results": done}, indent=2))
-    write_markdown(done, header, out / "sweep.md")
-    write_chart(done, hbm, header.lstrip("# "), out / "sweep.png")
+    done = write_outputs(results, argv, args, out, time.perf_counter() - t0)
     print((out / "sweep.md").read_text(), end="")
     return aot.EXIT_OK if any(r["status"] == "fits" for r in done) else aot.EXIT_NO_FIT
 
@@ -199,4 +226,4 @@ def _strip(argv: Sequence[str], options: set[str]) -> list[str]:
     return out
 
 
-__all__ = ["parse_grid", "run_point", "write_markdown", "write_chart", "main"]
+__all__ = ["parse_grid", "run_point", "write_markdown", "write_chart", "write_outputs", "short_label", "main"]

@@ -162,6 +162,179 @@ def collective_stats(text: str) -> CollectiveStats:
     return CollectiveStats(ops, execs, {k: float(v) for k, v in nbytes.items()})
 
 
+# ---------------------------------------------------------------------------------------------- HBM traffic
+_LAYOUT_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\](\{[^}]*\})?")
+_NAME_REF = re.compile(r"%([\w.\-]+)")
+_CONTROL_REFS = re.compile(r"\b(condition|body|true_computation|false_computation)=%?([\w.\-]+)")
+# Instructions that move no data of their own (views, control flow, the "done" half of async pairs).
+_NO_TRAFFIC = {"parameter", "tuple", "get-tuple-element", "bitcast", "constant", "while", "call", "conditional",
+               "after-all", "partition-id", "replica-id", "add-dependency", "opt-barrier", "copy-done", "call-done",
+               "async-done", "all-gather-done", "all-reduce-done", "collective-permute-done", "send-done",
+               "recv-done"}
+
+
+def hbm_bytes(shape_text: str) -> float:
+    """Bytes of the arrays of a shape string that live in HBM (a TPU layout's ``S(n)``, n > 0, is on-chip),
+    with the two most-minor dimensions padded to the layout's first tile (``T(8,128)``: TPU arrays are
+    stored in whole tiles, so ``f32[500002,16]`` takes 8 times its element count)."""
+    total = 0.0
+    for dtype, dims, layout in _LAYOUT_ARRAY.findall(shape_text):
+        if dtype not in DTYPE_BYTES or re.search(r"S\([1-9]", layout or ""):
+            continue
+        shape = [int(d) for d in dims.split(",") if d]
+        tile = re.search(r":T\(([\d,]+)\)", layout or "")
+        order = re.match(r"\{([\d,]*)", layout or "")
+        if tile and order and order.group(1):
+            minor_first = [int(i) for i in order.group(1).split(",")]
+            for t, axis in zip(reversed([int(x) for x in tile.group(1).split(",")]), minor_first):
+                shape[axis] = -(-shape[axis] // t) * t
+        n = 1
+        for d in shape:
+            n *= d
+        total += n * DTYPE_BYTES[dtype]
+    return total
+
+
+def _control_computations(comps: dict[str, list[Instr]], entry: str) -> set[str]:
+    """The entry computation and those it runs as control flow (loop bodies and conditions, called
+    computations, conditional branches): not fused computations, whose values stay on chip."""
+    seen, todo = set(), [entry]
+    while todo:
+        comp = todo.pop()
+        if comp in seen or comp not in comps:
+            continue
+        seen.add(comp)
+        for ins in comps[comp]:
+            todo += [c for _, c in _CONTROL_REFS.findall(ins.rest)]
+            if ins.op == "call":
+                todo += re.findall(r"to_apply=%?([\w.\-]+)", ins.rest)
+            for group in _BRANCHES.findall(ins.rest):
+                todo += [c.strip().lstrip("%") for c in group.split(",")]
+    return seen
+
+
+def _operands(ins: Instr) -> list[str]:
+    return _NAME_REF.findall(ins.rest.split("), ", 1)[0])
+
+
+_IN_PLACE = {"dynamic-update-slice": 1, "scatter": 2}  # op: index of the operand holding the update
+
+
+class _Fusions:
+    """HBM bytes of fusions, from a look inside their computations (nested fusions included): an operand
+    the fusion only ``dynamic-slice``s is read for the slices only, and a result built by an in-place
+    ``dynamic-update-slice`` (a scan writing one layer into a stacked buffer) writes the update only."""
+
+    def __init__(self, comps: dict[str, list[Instr]], roots: dict[str, str], sizes: dict[str, float]) -> None:
+        self.comps, self.roots, self.sizes = comps, roots, sizes
+        self.users: dict[str, dict[str, list[Instr]]] = {}
+        self.params: dict[str, dict[int, str]] = {}
+
+    def _index(self, comp: str) -> None:
+        if comp in self.users:
+            return
+        users: dict[str, list[Instr]] = defaultdict(list)
+        params: dict[int, str] = {}
+        for i in self.comps.get(comp, []):
+            if i.op == "parameter":
+                params[int(re.match(r"(\d+)", i.rest).group(1))] = i.name
+            for name in _operands(i):
+                users[name].append(i)
+        self.users[comp], self.params[comp] = users, params
+
+    def read(self, comp: str, name: str, full: float, depth: int = 0) -> float:
+        """Bytes of value ``name`` (``full`` bytes) that computation ``comp`` reads."""
+        self._index(comp)
+        total = 0.0
+        for u in self.users[comp].get(name, []):
+            ops = _operands(u)
+            if u.op in ("dynamic-slice", "gather") and ops[0] == name:  # reads the slices / rows it takes
+                total += self.sizes.get(u.name, 0.0)
+            elif u.op == "bitcast" and depth < 16:
+                total += self.read(comp, u.name, full, depth + 1)
+            elif u.op == "fusion" and depth < 16:
+                inner = _called(u)
+                self._index(inner)
+                total += sum(self.read(inner, self.params[inner].get(j, ""), full, depth + 1)
+                             for j, n in enumerate(ops) if n == name)
+            elif u.op in _IN_PLACE and ops[0] == name and u.name in self.outputs(comp):
+                continue  # the buffer updated in place
+            else:
+                return full
+        return min(total, full)
+
+    def outputs(self, comp: str) -> dict[str, Instr]:
+        """The instructions a fusion writes out: its ROOT, or the elements of a ROOT tuple."""
+        by_name = {i.name: i for i in self.comps.get(comp, [])}
+        root = by_name.get(self.roots.get(comp, ""))
+        if root is None:
+            return {}
+        names = _operands(root) if root.op == "tuple" else [root.name]
+        return {n: by_name[n] for n in names if n in by_name}
+
+    def traffic(self, ins: Instr) -> float:
+        comp = _called(ins)
+        self._index(comp)
+        outs = self.outputs(comp)
+        if any(o.op in _IN_PLACE for o in outs.values()):  # written: the updates, and the other outputs
+            total = sum(self.sizes.get(_operands(o)[_IN_PLACE[o.op]], 0.0) if o.op in _IN_PLACE else
+                        self.sizes.get(o.name, 0.0) for o in outs.values())
+        else:
+            total = self.sizes[ins.name]
+        for j, name in enumerate(_operands(ins)):
+            full = self.sizes.get(name, 0.0)
+            total += self.read(comp, self.params[comp].get(j, ""), full) if full else 0.0
+        return total
+
+
+def _called(ins: Instr) -> str:
+    m = re.search(r"calls=%?([\w.\-]+)", ins.rest)
+    return m.group(1) if m else ""
+
+
+def hbm_traffic(text: str, loops: bool = True) -> float:
+    """Bytes read and written in HBM per execution of the module, per device: every top-level
+    instruction (a fusion, a matmul, a copy, a collective...) reads its operands and writes its result,
+    times the trip counts of the loops around it (``loops=False``: each loop body once, as XLA's own
+    cost analysis counts).  Slicing reads only the slice and an in-place update writes only the update
+    (:class:`_Fusions`); on-chip buffers (``S(1)`` layouts) are left out."""
+    comps, entry = parse_module(text)
+    mult = multipliers(comps, entry) if loops else {}
+    sizes = {ins.name: hbm_bytes(ins.shape) for instrs in comps.values() for ins in instrs}
+    fusions = _Fusions(comps, _root_names(text), sizes)
+    total = 0.0
+    for comp in _control_computations(comps, entry):
+        m = mult.get(comp, 1)
+        for ins in comps[comp]:
+            if ins.op in _NO_TRAFFIC:
+                continue
+            ops = _operands(ins)
+            if ins.op == "fusion":
+                total += m * fusions.traffic(ins)
+            elif ins.op in ("dynamic-slice", "gather"):  # the slices / rows taken, and the indices
+                total += m * (2 * sizes[ins.name] + sum(sizes.get(n, 0.0) for n in ops[1:]))
+            elif ins.op in _IN_PLACE and len(ops) > _IN_PLACE[ins.op]:  # the update, read and written
+                total += m * (2 * sizes.get(ops[_IN_PLACE[ins.op]], 0.0) + sum(sizes.get(n, 0.0) for n in ops[1:]))
+            else:
+                total += m * (sizes[ins.name] + sum(sizes.get(n, 0.0) for n in ops))
+    return total
+
+
+def _root_names(text: str) -> dict[str, str]:
+    """``{computation: name of its ROOT instruction}``."""
+    roots: dict[str, str] = {}
+    current = None
+    for line in text.splitlines():
+        if not line.startswith((" ", "\t")):
+            m = _HEADER.match(line)
+            current = m.group(2) if m else None
+        elif current and line.lstrip().startswith("ROOT "):
+            m = _INSTR.match(line)
+            if m:
+                roots[current] = m.group(1)
+    return roots
+
+
 _NOT_BUFFERS = ("parameter", "tuple", "get-tuple-element", "bitcast")
 
 
@@ -184,4 +357,4 @@ def largest_buffers(text: str, top: int = 5,
 
 
 __all__ = ["COLLECTIVES", "array_bytes", "parse_module", "multipliers", "collective_stats", "CollectiveStats",
-           "largest_buffers"]
+           "largest_buffers", "hbm_traffic", "hbm_bytes"]

@@ -64,11 +64,22 @@ def build_mesh(cfg, devices=None):
         raise UsageError(f"mesh: {one_line(e)} ({len(devices)} devices available)") from e
 
 
-def check_mesh_batch(cfg, mesh) -> None:
-    """The global (micro-)batch must split evenly over the batch shards and the processes."""
+def check_mesh_batch(cfg, mesh):
+    """The global (micro-)batch must split evenly over the batch shards and the processes.  Returns
+    ``cfg``, with ``optim.grad_accum_steps`` derived from the mesh when ``rows_per_device`` is set."""
+    import dataclasses
+
     import jax
 
     shards = int(mesh.shape["data"]) * int(mesh.shape["fsdp"])
+    if cfg.rows_per_device is not None:
+        per_pass = shards * cfg.rows_per_device
+        if cfg.global_batch_size % per_pass:
+            raise UsageError(f"global_batch_size={cfg.global_batch_size} is not a multiple of rows_per_device="
+                             f"{cfg.rows_per_device} x the {shards} batch shards (data x fsdp) of mesh "
+                             f"{dict(mesh.shape)}; use a multiple of {per_pass} or change rows_per_device")
+        optim = dataclasses.replace(cfg.optim, grad_accum_steps=cfg.global_batch_size // per_pass)
+        cfg = dataclasses.replace(cfg, optim=optim, rows_per_device=None)
     micro = cfg.micro_batch_size
     if micro % shards:
         what = (f"global_batch_size={cfg.global_batch_size}" if cfg.optim.grad_accum_steps == 1 else
@@ -79,3 +90,4 @@ def check_mesh_batch(cfg, mesh) -> None:
     if cfg.global_batch_size % jax.process_count():
         raise UsageError(f"global_batch_size={cfg.global_batch_size} is not divisible by the "
                          f"{jax.process_count()} processes")
+    return cfg

@@ -170,7 +170,7 @@ def prepare(args: argparse.Namespace) -> Setup:
         check_workdir(workdir)
     cfg = dataclasses.replace(cfg, workdir=str(workdir))
     mesh = build_mesh(cfg)
-    check_mesh_batch(cfg, mesh)
+    cfg = check_mesh_batch(cfg, mesh)  # (rows_per_device -> optim.grad_accum_steps)
     if not cfg.train_entropy_model:
         from bltjax.train_step import max_patches_for
 

@@ -150,6 +150,11 @@ class TrainConfig:
     ``model.dtype``).  ``train_entropy_model=True`` trains ``model.entropy_model`` as a plain byte
     LM; otherwise the BLT is trained and entropy patching reads the frozen entropy model at
     ``entropy_model_checkpoint``.  ``eval_every=0`` disables evaluation.
+
+    ``rows_per_device`` (instead of ``optim.grad_accum_steps``) fixes the rows each batch shard (device of
+    the mesh's ``data`` x ``fsdp`` axes) processes at once; the number of micro-batches then follows from
+    the mesh: ``global_batch_size / (batch shards x rows_per_device)``.  The same config then fits a
+    larger or a smaller slice with the same memory per chip and the same optimizer batch.
     """
 
     name: str = "blt"
@@ -162,6 +167,7 @@ class TrainConfig:
     entropy_model_checkpoint: Optional[str] = None
     seq_len: int = 8192
     global_batch_size: int = 64
+    rows_per_device: Optional[int] = None
     steps: int = 100_000
     seed: int = 0
     log_every: int = 50
@@ -207,6 +213,9 @@ class TrainConfig:
                f"model.param_dtype must be 'float32' for training (fp32 master weights; 'precision' sets "
                f"the compute dtype), got {self.model.param_dtype!r}")
         accum = self.optim.grad_accum_steps
+        _check(self.rows_per_device is None or accum == 1,
+               f"set rows_per_device ({self.rows_per_device}) or optim.grad_accum_steps ({accum}), not both: "
+               "rows_per_device derives the micro-batches from the mesh")
         _check(self.global_batch_size % accum == 0,
                f"global_batch_size ({self.global_batch_size}) must be divisible by optim.grad_accum_steps ({accum})")
         _check(self.optim.warmup_steps < self.steps,

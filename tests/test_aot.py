@@ -12,6 +12,7 @@ from conftest import REPO
 
 from bltjax import aot, aot_sweep, hlo_stats, tpu_chips
 from bltjax.config import tiny_blt_config
+from bltjax.train_loop import UsageError
 
 TINY = str(REPO / "tests" / "helpers" / "train_child_tiny.py")
 
@@ -149,6 +150,19 @@ def test_sweep_writes_table_json_and_chart(tmp_path, cpu_report, capsys):
     md = (out / "sweep.md").read_text()
     assert "| global_batch_size=6 | error |" in md and "not divisible" in md
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data["points"] == 2 and data["wall_s"] > 0 and ok["compile_s"] > 0 and "2 of 2 points" in md
+
+
+def test_sweep_outputs_are_rewritten_after_every_point(tmp_path):
+    """An interrupted sweep keeps what it compiled: the files hold the points finished so far."""
+    args = aot_sweep.build_parser().parse_args(["--topology", "cpu:8", "--out", str(tmp_path), "--workers", "1"])
+    first = {"point": ["model.remat=full", "global_batch_size=8"], "status": "error", "reason": "r"}
+    aot_sweep.write_outputs([first, None, None], ["sweep"], args, tmp_path, 12.0)
+    data = json.loads((tmp_path / "sweep.json").read_text())
+    assert data["points"] == 3 and [r["point"] for r in data["results"]] == [first["point"]]
+    assert "1 of 3 points in 0.2 minutes" in (tmp_path / "sweep.md").read_text()
+    assert (tmp_path / "sweep.png").exists()
+    assert aot_sweep.short_label("model.remat=full, global_batch_size=8") == "remat=full\nglobal_batch_size=8"
 
 
 def test_grid_parsing():
@@ -189,6 +203,32 @@ def test_mesh_on_a_topology_is_built_like_training(topology, slices, mesh):
     assert dict(built.shape) == mesh and len(devices) == topo.num_chips
 
 
+@pytest.mark.parametrize("topology,slices,accum", [
+    ("v5p-8", 1, 4),  # 4 chips x 2 rows at once: 32 rows in 4 micro-batches
+    ("v5p-8", 2, 2),  # twice the chips, half the micro-batches, same rows per chip
+    ("v5p-16", 2, 1),
+])
+def test_rows_per_device_derives_micro_batches_from_the_mesh(topology, slices, accum):
+    base = ["--config", TINY, "--topology", topology, "--num-slices", str(slices), "--set", "mesh.ici_data=1",
+            "--set", "mesh.ici_fsdp=-1", "--set", "mesh.ici_tensor=1", "--set", "mesh.dcn_data=-1",
+            "--set", "global_batch_size=32", "--set", "rows_per_device=2"]
+    cfg, _, _, mesh = aot.load_target(aot.build_parser().parse_args(base))
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    assert cfg.optim.grad_accum_steps == accum and cfg.micro_batch_size == 2 * shards
+    assert cfg.rows_per_device is None and cfg.validate() is cfg  # the resolved config is a plain one
+
+
+def test_rows_per_device_errors():
+    base = ["--config", TINY, "--topology", "v5p-8", "--set", "mesh.ici_data=1", "--set", "mesh.ici_fsdp=-1",
+            "--set", "mesh.ici_tensor=1"]
+    bad = base + ["--set", "global_batch_size=12", "--set", "rows_per_device=2"]
+    with pytest.raises(UsageError, match="not a multiple of rows_per_device=2 x the 4 batch shards"):
+        aot.load_target(aot.build_parser().parse_args(bad))
+    both = base + ["--set", "rows_per_device=2", "--set", "optim.grad_accum_steps=2"]
+    with pytest.raises(UsageError, match="not both"):
+        aot.load_target(aot.build_parser().parse_args(both))
+
+
 def test_needed_bytes_of_an_xla_refusal():
     e = aot.DoesNotFit("needs 2.50GiB of HLO temporaries per device, 1.00GiB of HBM available", {"parameters": 1024})
     assert e.needed_bytes == 2.5 * 2**30 + 1024
@@ -217,3 +257,81 @@ ENTRY %main () -> s32[] {
 """
     stats = hlo_stats.collective_stats(text)
     assert stats.ops["all-gather"] == 2 and stats.executions["all-gather"] == 14  # after a "}}" line too
+
+
+# A scanned layer stack as XLA's TPU backend prints it: the body slices one layer of a stacked
+# weight inside a nested fusion, writes one layer of a stacked output in place, and keeps a scalar
+# on chip (S(1)).  Sizes: x f32[8,128] = 4 KiB, w f32[10,128,128] = 640 KiB (64 KiB per layer).
+SCAN_HLO = """HloModule m
+
+%slice_w (param_0.1: f32[10,128,128], param_1.1: s32[]) -> f32[128,128] {
+  %param_0.1 = f32[10,128,128]{2,1,0:T(8,128)} parameter(0)
+  %param_1.1 = s32[]{:T(128)} parameter(1)
+  %c = s32[]{:T(128)} constant(0)
+  %ds = f32[1,128,128]{2,1,0:T(8,128)} dynamic-slice(%param_0.1, %param_1.1, %c, %c), dynamic_slice_sizes={1,128,128}
+  ROOT %bc = f32[128,128]{1,0:T(8,128)} bitcast(%ds)
+}
+
+%matmul (param_0.2: f32[8,128], param_1.2: f32[10,128,128], param_2.2: s32[]) -> f32[8,128] {
+  %param_0.2 = f32[8,128]{1,0:T(8,128)} parameter(0)
+  %param_1.2 = f32[10,128,128]{2,1,0:T(8,128)} parameter(1)
+  %param_2.2 = s32[]{:T(128)} parameter(2)
+  %w1 = f32[128,128]{1,0:T(8,128)} fusion(%param_1.2, %param_2.2), kind=kLoop, calls=%slice_w
+  ROOT %dot = f32[8,128]{1,0:T(8,128)} convolution(%param_0.2, %w1), dim_labels=bf_io->bf
+}
+
+%store (param_0.3: f32[10,8,128], param_1.3: f32[8,128], param_2.3: s32[]) -> f32[10,8,128] {
+  %param_0.3 = f32[10,8,128]{2,1,0:T(8,128)} parameter(0)
+  %param_1.3 = f32[8,128]{1,0:T(8,128)} parameter(1)
+  %param_2.3 = s32[]{:T(128)} parameter(2)
+  %c3 = s32[]{:T(128)} constant(0)
+  %b3 = f32[1,8,128]{2,1,0:T(8,128)} bitcast(%param_1.3)
+  ROOT %dus = f32[10,8,128]{2,1,0:T(8,128)} dynamic-update-slice(%param_0.3, %b3, %param_2.3, %c3, %c3)
+}
+
+%cond (p: (s32[], f32[8,128], f32[10,128,128], f32[10,8,128])) -> pred[] {
+  %p = (s32[]{:T(128)}, f32[8,128]{1,0:T(8,128)}, f32[10,128,128]{2,1,0:T(8,128)}, f32[10,8,128]{2,1,0:T(8,128)}) parameter(0)
+  %i = s32[]{:T(128)} get-tuple-element(%p), index=0
+  %n = s32[]{:T(128)} constant(10)
+  ROOT %lt = pred[]{:T(512)} compare(%i, %n), direction=LT
+}
+
+%body (q: (s32[], f32[8,128], f32[10,128,128], f32[10,8,128])) -> (s32[], f32[8,128], f32[10,128,128], f32[10,8,128]) {
+  %q = (s32[]{:T(128)}, f32[8,128]{1,0:T(8,128)}, f32[10,128,128]{2,1,0:T(8,128)}, f32[10,8,128]{2,1,0:T(8,128)}) parameter(0)
+  %i2 = s32[]{:T(128)S(1)} get-tuple-element(%q), index=0
+  %x = f32[8,128]{1,0:T(8,128)} get-tuple-element(%q), index=1
+  %w = f32[10,128,128]{2,1,0:T(8,128)} get-tuple-element(%q), index=2
+  %ys = f32[10,8,128]{2,1,0:T(8,128)} get-tuple-element(%q), index=3
+  %y = f32[8,128]{1,0:T(8,128)} fusion(%x, %w, %i2), kind=kOutput, calls=%matmul
+  %ys2 = f32[10,8,128]{2,1,0:T(8,128)} fusion(%ys, %y, %i2), kind=kLoop, calls=%store
+  %one = s32[]{:T(128)S(1)} constant(1)
+  %i3 = s32[]{:T(128)S(1)} add(%i2, %one)
+  ROOT %t = (s32[]{:T(128)}, f32[8,128]{1,0:T(8,128)}, f32[10,128,128]{2,1,0:T(8,128)}, f32[10,8,128]{2,1,0:T(8,128)}) tuple(%i3, %y, %w, %ys2)
+}
+
+ENTRY %main (x0: f32[8,128], w0: f32[10,128,128], ys0: f32[10,8,128]) -> f32[10,8,128] {
+  %x0 = f32[8,128]{1,0:T(8,128)} parameter(0)
+  %w0 = f32[10,128,128]{2,1,0:T(8,128)} parameter(1)
+  %ys0 = f32[10,8,128]{2,1,0:T(8,128)} parameter(2)
+  %z = s32[]{:T(128)} constant(0)
+  %init = (s32[]{:T(128)}, f32[8,128]{1,0:T(8,128)}, f32[10,128,128]{2,1,0:T(8,128)}, f32[10,8,128]{2,1,0:T(8,128)}) tuple(%z, %x0, %w0, %ys0)
+  %loop = (s32[]{:T(128)}, f32[8,128]{1,0:T(8,128)}, f32[10,128,128]{2,1,0:T(8,128)}, f32[10,8,128]{2,1,0:T(8,128)}) while(%init), condition=%cond, body=%body
+  ROOT %out = f32[10,8,128]{2,1,0:T(8,128)} get-tuple-element(%loop), index=3
+}
+"""
+
+
+def test_hbm_traffic_counts_loops_slices_and_in_place_updates():
+    kib = 1024
+    # per iteration: matmul reads x (4 KiB) and one layer of w (64 KiB), writes y (4 KiB); the in-place
+    # store reads y (4 KiB) and writes its update (4 KiB), not the stacked [10, 8, 128] buffer
+    per_iteration = (4 + 64 + 4) * kib + (4 + 4) * kib
+    compare = 4 + 4 + 1  # the loop condition: two s32 scalars in, a pred out
+    assert hlo_stats.hbm_traffic(SCAN_HLO) == 10 * (per_iteration + compare)
+    assert hlo_stats.hbm_traffic(SCAN_HLO, loops=False) == per_iteration + compare  # XLA's way: bodies once
+
+
+def test_hbm_bytes_pad_to_tiles_and_skip_on_chip_buffers():
+    assert hlo_stats.hbm_bytes("f32[6,500002,16]{2,1,0:T(8,128)}") == 6 * 500008 * 128 * 4  # minor dim 16 -> 128
+    assert hlo_stats.hbm_bytes("f32[16,6]{0,1:T(8,128)}") == 128 * 8 * 4  # minor-to-major order {0,1}
+    assert hlo_stats.hbm_bytes("(f32[8,128]{1,0:T(8,128)S(1)}, f32[3]{0})") == 12  # VMEM buffer, untiled array

@@ -6,8 +6,8 @@ patches), bf16 compute with fp32 master weights, AdamW 4e-4 (b2 0.95, wd 0.1, cl
 steps, cosine to 10 %), FSDP inside a slice and data parallel across slices.  Environment:
 BLTJAX_TFDS_NAME / BLTJAX_DATA_DIR (training data), BLTJAX_ENTROPY_MODEL (entropy model checkpoint).
 
-Launch: run the same command on every host with a workdir all hosts can see (a gcsfuse / NFS mount;
-gs:// paths are not accepted as --workdir); ``launch/tpu_vm.sh`` and ``launch/slurm.sbatch`` wrap it.
+Launch: run the same command on every host with a workdir all hosts can see (``gs://bucket/run`` or a
+shared mount); ``launch/tpu_vm.sh`` and ``launch/slurm.sbatch`` wrap it.
 On GPU nodes add ``--set mesh.ici_tensor=8`` if memory demands tensor parallelism.
 
 Expected: not run as part of bltjax's tests (no accelerator pod here).  The paper reports these sizes
@@ -24,15 +24,16 @@ from bltjax.sharding import MeshConfig
 from bltjax.train_config import CheckpointConfig, OptimConfig, TrainConfig
 
 # name: (d_local, decoder layers, local heads, d_global, global layers, global heads, k, remat, rows/step,
-#        grad accumulation micro-batches, steps)
-# remat and grad accumulation are what fits each size's slice (python -m bltjax.aot, docs/tpu.md):
-# 400M on v5e-64, 1B on v5p-128, 2B on v5p-256, 4B on v5p-512, 8B on 2 x v5p-512.
+#        rows per device at once, steps)
+# remat and rows per device are what fits each size's slice (python -m bltjax.aot, docs/tpu.md): 400M on
+# v5e-64, 1B on v5p-128, 2B on v5p-256, 4B on v5p-512, 8B on 2 x v5p-512 (or v5p-256 with 4 micro-batches).
+# Micro-batches (gradient accumulation) follow from the slice: rows/step / (chips x rows per device).
 PAPER_SIZES = {
-    "blt_400m": (768, 7, 12, 1280, 24, 10, 2, "full", 256, 4, 60000),
-    "blt_1b": (1024, 9, 16, 2048, 25, 16, 2, "dots", 256, 1, 100000),
-    "blt_2b": (1024, 9, 16, 2560, 26, 20, 3, "full", 512, 1, 100000),
-    "blt_4b": (1024, 9, 16, 3072, 36, 24, 3, "full", 512, 1, 120000),
-    "blt_8b": (1280, 6, 20, 4096, 32, 32, 4, "full", 1024, 1, 120000),
+    "blt_400m": (768, 7, 12, 1280, 24, 10, 2, "full", 256, 1, 60000),
+    "blt_1b": (1024, 9, 16, 2048, 25, 16, 2, "dots", 256, 4, 100000),
+    "blt_2b": (1024, 9, 16, 2560, 26, 20, 3, "full", 512, 4, 100000),
+    "blt_4b": (1024, 9, 16, 3072, 36, 24, 3, "full", 512, 2, 120000),
+    "blt_8b": (1280, 6, 20, 4096, 32, 32, 4, "full", 1024, 2, 120000),
 }
 
 
@@ -41,7 +42,7 @@ def paper_config(name: str) -> TrainConfig:
     if name not in PAPER_SIZES:
         sizes = ", ".join(k.removeprefix("blt_") for k in PAPER_SIZES)
         raise ValueError(f"unknown paper size {name.removeprefix('blt_')!r} (choose one of {sizes})")
-    d_local, l_dec, h_local, d_global, l_global, h_global, k, remat, batch, accum, steps = PAPER_SIZES[name]
+    d_local, l_dec, h_local, d_global, l_global, h_global, k, remat, batch, per_device, steps = PAPER_SIZES[name]
     model = BLTConfig(
         dim_local_encoder=d_local, dim_local_decoder=d_local, n_layers_local_encoder=1,
         n_layers_local_decoder=l_dec, n_heads_local_encoder=h_local, n_heads_local_decoder=h_local,
@@ -59,12 +60,12 @@ def paper_config(name: str) -> TrainConfig:
         data=DataConfig(source="tfds", tfds_name=os.environ.get("BLTJAX_TFDS_NAME", "fineweb_edu"),
                         tfds_data_dir=os.environ.get("BLTJAX_DATA_DIR", ""), worker_count=4),
         entropy_model_checkpoint=os.environ.get("BLTJAX_ENTROPY_MODEL", "entropy_model"),
-        optim=OptimConfig(lr=4e-4, warmup_steps=2000, schedule="cosine", lr_min_ratio=0.1, clip=1.0,
-                          grad_accum_steps=accum),
+        optim=OptimConfig(lr=4e-4, warmup_steps=2000, schedule="cosine", lr_min_ratio=0.1, clip=1.0),
         checkpoint=CheckpointConfig(every=1000, keep_latest=3, keep_every=10_000),
         mesh=MeshConfig(ici_fsdp=-1, dcn_data=-1),
         seq_len=16384,
         global_batch_size=batch,
+        rows_per_device=per_device,
         steps=steps,
         log_every=50,
         eval_every=2000,

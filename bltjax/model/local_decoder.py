@@ -20,7 +20,7 @@ from bltjax.config import BLTConfig
 from bltjax.model import kv_cache
 from bltjax.model.cross_attention import cross_attend, cross_kv
 from bltjax.model.layers import BTD, BTV, linear, rms_norm
-from bltjax.model.transformer import StackSpec, block, layer, positions_rope
+from bltjax.model.transformer import StackSpec, block, layer, positions_rope, run_layers
 from bltjax.sharding import constrain
 
 
@@ -47,14 +47,20 @@ def forward(params: dict, cfg: BLTConfig, h_enc_bnd: jax.Array, g_out_bpd: jax.A
     n_patches = g_out_bpd.shape[1]
     kv = patch_kv(params, cfg, g_out_bpd)
     rope = positions_rope(n, spec, b)
-    y = h_enc_bnd
-    for i in range(spec.n_layers):
-        if cfg.cross_attn_all_layers_decoder or i == 0:
-            c = i if cfg.cross_attn_all_layers_decoder else 0
-            y = cross_attend(layer(dec["cross"], c), y, kv, kind="decoder", ids_bn=dpid_bn,
-                             n_patches=n_patches, k=cfg.cross_attn_k, n_heads=cfg.cross_attn_nheads,
-                             eps=cfg.norm_eps, window=cfg.cross_attn_window_decoder, dense=dense_cross)
-        y = block(layer(dec["layers"], i), y, spec, rope, doc_bn)
+
+    def cross(y, pc):
+        return cross_attend(pc, y, kv, kind="decoder", ids_bn=dpid_bn, n_patches=n_patches, k=cfg.cross_attn_k,
+                            n_heads=cfg.cross_attn_nheads, eps=cfg.norm_eps, window=cfg.cross_attn_window_decoder,
+                            dense=dense_cross)
+
+    if cfg.cross_attn_all_layers_decoder:  # each layer: cross-attention then block, scanned together
+        def cross_block(y, p):
+            return block(p[1], cross(y, p[0]), spec, rope, doc_bn)
+
+        y = run_layers(cross_block, h_enc_bnd, (dec["cross"], dec["layers"]), spec, cfg.scan_layers)
+    else:  # one cross-attention before the first block
+        y = run_layers(lambda y, p: block(p, y, spec, rope, doc_bn), cross(h_enc_bnd, layer(dec["cross"], 0)),
+                       dec["layers"], spec, cfg.scan_layers)
     y = rms_norm(y, dec["norm"], cfg.norm_eps)
     return linear(y, dec["output"], BTV).astype(jnp.float32)
 

@@ -64,8 +64,8 @@ def init_stack(spec: StackSpec, key: jax.Array, dtype=jnp.float32) -> dict:
     }
 
 
-def layer(stack: dict, i: int) -> dict:
-    """Parameters of layer i of a stacked tree."""
+def layer(stack, i: int):
+    """Parameters of layer i of a stacked tree (or tuple of trees)."""
     return jax.tree.map(lambda a: a[i], stack)
 
 
@@ -115,13 +115,19 @@ def apply_stack(stack: dict, x_btd: jax.Array, spec: StackSpec, doc_bt: Optional
                 scan: bool = True) -> jax.Array:
     """Run all layers of ``stack`` (positions 0..T-1, never reset at documents: design §5.3)."""
     rope = positions_rope(x_btd.shape[1], spec, x_btd.shape[0])
-    fn = _remat(lambda x, p: block(p, x, spec, rope, doc_bt), spec.remat)
+    return run_layers(lambda x, p: block(p, x, spec, rope, doc_bt), x_btd, stack, spec, scan)
+
+
+def run_layers(fn, x_btd: jax.Array, stacks, spec: StackSpec, scan: bool = True) -> jax.Array:
+    """``x = fn(x, layer_i)`` for the ``spec.n_layers`` layers of the stacked tree(s) ``stacks``, under
+    ``spec.remat``: one ``lax.scan`` (compile time and code size independent of depth), or a Python loop."""
+    fn = _remat(fn, spec.remat)
     if not scan:
         for i in range(spec.n_layers):
-            x_btd = fn(x_btd, layer(stack, i))
+            x_btd = fn(x_btd, layer(stacks, i))
         return x_btd
-    x_btd, _ = jax.lax.scan(lambda x, p: (fn(x, p), None), x_btd, stack)
+    x_btd, _ = jax.lax.scan(lambda x, p: (fn(x, p), None), x_btd, stacks)
     return x_btd
 
 
-__all__ = ["StackSpec", "init_stack", "layer", "block", "block_with_kv", "apply_stack", "positions_rope"]
+__all__ = ["StackSpec", "init_stack", "layer", "block", "block_with_kv", "apply_stack", "run_layers", "positions_rope"]
