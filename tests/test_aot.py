@@ -262,13 +262,15 @@ ENTRY %main () -> s32[] {
 # A scanned layer stack as XLA's TPU backend prints it: the body slices one layer of a stacked
 # weight inside a nested fusion, writes one layer of a stacked output in place, and keeps a scalar
 # on chip (S(1)).  Sizes: x f32[8,128] = 4 KiB, w f32[10,128,128] = 640 KiB (64 KiB per layer).
+STATE = "(s32[]{:T(128)}, f32[8,128]{1,0:T(8,128)}, f32[10,128,128]{2,1,0:T(8,128)}, f32[10,8,128]{2,1,0:T(8,128)})"
+STATE_TYPE = "(s32[], f32[8,128], f32[10,128,128], f32[10,8,128])"
 SCAN_HLO = """HloModule m
 
 %slice_w (param_0.1: f32[10,128,128], param_1.1: s32[]) -> f32[128,128] {
   %param_0.1 = f32[10,128,128]{2,1,0:T(8,128)} parameter(0)
   %param_1.1 = s32[]{:T(128)} parameter(1)
   %c = s32[]{:T(128)} constant(0)
-  %ds = f32[1,128,128]{2,1,0:T(8,128)} dynamic-slice(%param_0.1, %param_1.1, %c, %c), dynamic_slice_sizes={1,128,128}
+  %ds = f32[1,128,128]{2,1,0:T(8,128)} dynamic-slice(%param_0.1, %param_1.1, %c, %c), dynamic_slice_sizes=$W
   ROOT %bc = f32[128,128]{1,0:T(8,128)} bitcast(%ds)
 }
 
@@ -289,15 +291,15 @@ SCAN_HLO = """HloModule m
   ROOT %dus = f32[10,8,128]{2,1,0:T(8,128)} dynamic-update-slice(%param_0.3, %b3, %param_2.3, %c3, %c3)
 }
 
-%cond (p: (s32[], f32[8,128], f32[10,128,128], f32[10,8,128])) -> pred[] {
-  %p = (s32[]{:T(128)}, f32[8,128]{1,0:T(8,128)}, f32[10,128,128]{2,1,0:T(8,128)}, f32[10,8,128]{2,1,0:T(8,128)}) parameter(0)
+%cond (p: $TYPE) -> pred[] {
+  %p = $STATE parameter(0)
   %i = s32[]{:T(128)} get-tuple-element(%p), index=0
   %n = s32[]{:T(128)} constant(10)
   ROOT %lt = pred[]{:T(512)} compare(%i, %n), direction=LT
 }
 
-%body (q: (s32[], f32[8,128], f32[10,128,128], f32[10,8,128])) -> (s32[], f32[8,128], f32[10,128,128], f32[10,8,128]) {
-  %q = (s32[]{:T(128)}, f32[8,128]{1,0:T(8,128)}, f32[10,128,128]{2,1,0:T(8,128)}, f32[10,8,128]{2,1,0:T(8,128)}) parameter(0)
+%body (q: $TYPE) -> $TYPE {
+  %q = $STATE parameter(0)
   %i2 = s32[]{:T(128)S(1)} get-tuple-element(%q), index=0
   %x = f32[8,128]{1,0:T(8,128)} get-tuple-element(%q), index=1
   %w = f32[10,128,128]{2,1,0:T(8,128)} get-tuple-element(%q), index=2
@@ -306,7 +308,7 @@ SCAN_HLO = """HloModule m
   %ys2 = f32[10,8,128]{2,1,0:T(8,128)} fusion(%ys, %y, %i2), kind=kLoop, calls=%store
   %one = s32[]{:T(128)S(1)} constant(1)
   %i3 = s32[]{:T(128)S(1)} add(%i2, %one)
-  ROOT %t = (s32[]{:T(128)}, f32[8,128]{1,0:T(8,128)}, f32[10,128,128]{2,1,0:T(8,128)}, f32[10,8,128]{2,1,0:T(8,128)}) tuple(%i3, %y, %w, %ys2)
+  ROOT %t = $STATE tuple(%i3, %y, %w, %ys2)
 }
 
 ENTRY %main (x0: f32[8,128], w0: f32[10,128,128], ys0: f32[10,8,128]) -> f32[10,8,128] {
@@ -314,11 +316,11 @@ ENTRY %main (x0: f32[8,128], w0: f32[10,128,128], ys0: f32[10,8,128]) -> f32[10,
   %w0 = f32[10,128,128]{2,1,0:T(8,128)} parameter(1)
   %ys0 = f32[10,8,128]{2,1,0:T(8,128)} parameter(2)
   %z = s32[]{:T(128)} constant(0)
-  %init = (s32[]{:T(128)}, f32[8,128]{1,0:T(8,128)}, f32[10,128,128]{2,1,0:T(8,128)}, f32[10,8,128]{2,1,0:T(8,128)}) tuple(%z, %x0, %w0, %ys0)
-  %loop = (s32[]{:T(128)}, f32[8,128]{1,0:T(8,128)}, f32[10,128,128]{2,1,0:T(8,128)}, f32[10,8,128]{2,1,0:T(8,128)}) while(%init), condition=%cond, body=%body
+  %init = $STATE tuple(%z, %x0, %w0, %ys0)
+  %loop = $STATE while(%init), condition=%cond, body=%body
   ROOT %out = f32[10,8,128]{2,1,0:T(8,128)} get-tuple-element(%loop), index=3
 }
-"""
+""".replace("$STATE", STATE).replace("$TYPE", STATE_TYPE).replace("$W", "{1,128,128}")
 
 
 def test_hbm_traffic_counts_loops_slices_and_in_place_updates():
