@@ -335,6 +335,49 @@ def _root_names(text: str) -> dict[str, str]:
     return roots
 
 
+# ---------------------------------------------------------------------------------------------- matmul FLOPs
+_DIMS = re.compile(r"[a-z][a-z0-9]*\[([0-9,]*)\]")
+
+
+def _shape_dims(shape_text: str) -> list[int]:
+    m = _DIMS.search(shape_text)
+    return [int(d) for d in m.group(1).split(",") if d] if m else []
+
+
+def _matmul_flops(ins: Instr, shapes: dict[str, str]) -> float:
+    """2 x output elements x contracted size of a ``dot`` or a ``convolution`` (XLA's TPU backend
+    prints matmuls as convolutions: ``dim_labels=bf_io->bf``)."""
+    ops = _operands(ins)
+    out = 1
+    for d in _shape_dims(ins.shape):
+        out *= d
+    if ins.op == "dot":
+        contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", ins.rest)
+        lhs = _shape_dims(shapes.get(ops[0], "")) if ops else []
+        k = 1
+        for d in (int(x) for x in (contracting.group(1) if contracting else "").split(",") if x):
+            k *= lhs[d] if d < len(lhs) else 1
+        return 2.0 * out * k
+    labels = re.search(r"dim_labels=\w+_(\w+)->\w+", ins.rest)
+    rhs = _shape_dims(shapes.get(ops[1], "")) if len(ops) > 1 else []
+    if not labels or len(labels.group(1)) != len(rhs):
+        return 0.0
+    k = 1
+    for label, d in zip(labels.group(1), rhs):
+        k *= 1 if label == "o" else d  # input features x window
+    return 2.0 * out * k
+
+
+def matmul_flops(text: str, loops: bool = True) -> float:
+    """FLOPs of every matmul (``dot`` / ``convolution``) of the module, fused or not, per device, times
+    the trip counts of the loops around it.  Pallas kernels (``custom-call``) are not seen."""
+    comps, entry = parse_module(text)
+    mult = multipliers(comps, entry) if loops else {}
+    shapes = {ins.name: ins.shape for instrs in comps.values() for ins in instrs}
+    return float(sum(mult.get(comp, 1) * _matmul_flops(ins, shapes)
+                     for comp, instrs in comps.items() for ins in instrs if ins.op in ("dot", "convolution")))
+
+
 _NOT_BUFFERS = ("parameter", "tuple", "get-tuple-element", "bitcast")
 
 
@@ -357,4 +400,5 @@ def largest_buffers(text: str, top: int = 5,
 
 
 __all__ = ["COLLECTIVES", "array_bytes", "parse_module", "multipliers", "collective_stats", "CollectiveStats",
-           "largest_buffers", "hbm_traffic", "hbm_bytes"]
+           "largest_buffers", "hbm_traffic", "hbm_bytes",
+           "matmul_flops"]

@@ -98,6 +98,7 @@ def test_cpu_report_figures_are_consistent(cpu_report):
     f = r["flops"]
     assert f["model_per_device"] == pytest.approx(f["model_per_step"] / 8)
     assert 0.3 < f["xla_per_device"] / f["model_per_device"] < 5  # same order: XLA counts what runs
+    assert 0.3 < f["hlo_matmul_per_device"] / f["model_per_device"] < 5
     assert r["collectives"]["all-reduce"]["ops"] + r["collectives"]["reduce-scatter"]["ops"] > 0  # gradients
     assert r["collective_bytes"] == pytest.approx(sum(c["bytes"] for c in r["collectives"].values()))
     assert r["estimate"] == {}  # no roofline without a chip
@@ -184,7 +185,9 @@ def test_train_step_compiles_for_a_v5p_topology(tmp_path, capsys):
     est = r["estimate"]
     assert est["step_s"] == pytest.approx(max(est["compute_s"], est["hbm_s"], est["ici_s"]))
     f = r["flops"]
-    assert est["compute_s"] == pytest.approx(max(f["xla_per_device"], f["model_per_device"]) / 459e12)
+    assert est["compute_s"] == pytest.approx(max(f["xla_per_device"], f["hlo_matmul_per_device"],
+                                                 f["model_per_device"]) / 459e12)
+    assert f["hlo_matmul_per_device"] >= 0.5 * f["xla_per_device"]  # loops counted per iteration
     assert 0 < est["mfu"] < 1
     assert "step time ESTIMATE" in out and "fits" in out
     assert math.isfinite(r["collective_bytes"]) and r["collectives"]["all-gather"]["ops"] > 0  # FSDP weights
@@ -337,3 +340,24 @@ def test_hbm_bytes_pad_to_tiles_and_skip_on_chip_buffers():
     assert hlo_stats.hbm_bytes("f32[6,500002,16]{2,1,0:T(8,128)}") == 6 * 500008 * 128 * 4  # minor dim 16 -> 128
     assert hlo_stats.hbm_bytes("f32[16,6]{0,1:T(8,128)}") == 128 * 8 * 4  # minor-to-major order {0,1}
     assert hlo_stats.hbm_bytes("(f32[8,128]{1,0:T(8,128)S(1)}, f32[3]{0})") == 12  # VMEM buffer, untiled array
+
+
+def test_matmul_flops_of_dots_and_tpu_convolutions():
+    text = """HloModule m
+
+%fused (param_0: bf16[4096,512], param_1: bf16[512,1024]) -> bf16[4096,1024] {
+  %param_0 = bf16[4096,512]{1,0} parameter(0)
+  %param_1 = bf16[512,1024]{1,0} parameter(1)
+  ROOT %conv = bf16[4096,1024]{1,0:T(8,128)(2,1)} convolution(%param_0, %param_1), dim_labels=bf_io->bf
+}
+
+ENTRY %main (a: bf16[4096,512], b: bf16[512,1024], c: f32[8,64,32]) -> bf16[4096,1024] {
+  %a = bf16[4096,512]{1,0} parameter(0)
+  %b = bf16[512,1024]{1,0} parameter(1)
+  %c = f32[8,64,32]{2,1,0} parameter(2)
+  %d = f32[8,64,64]{2,1,0} dot(%c, %c), lhs_batch_dims={0}, lhs_contracting_dims={2}, rhs_batch_dims={0}, rhs_contracting_dims={2}
+  ROOT %f = bf16[4096,1024]{1,0} fusion(%a, %b), kind=kOutput, calls=%fused
+}
+"""
+    assert hlo_stats.matmul_flops(text) == 2 * 4096 * 1024 * 512 + 2 * 8 * 64 * 64 * 32
+    assert hlo_stats.matmul_flops(SCAN_HLO) == 10 * 2 * 8 * 128 * 128  # the scanned matmul, ten times

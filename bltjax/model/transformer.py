@@ -3,8 +3,9 @@
     h   = x + Wo · Attn(RoPE(Wq·n1), RoPE(Wk·n1), Wv·n1),   n1 = RMSNorm(x)
     out = h + W2 · (silu(W1·n2) ⊙ W3·n2),                 n2 = RMSNorm(h)
 
-Stacks run with ``lax.scan`` (compile time and memory independent of depth) under an optional
-remat policy, or as a Python loop (``scan=False``) when a caller interleaves other layers.
+Stacks run with ``lax.scan`` (compile time and code size independent of depth) under an optional
+remat policy, or as a Python loop (``scan=False``); ``run_layers`` also scans layers that interleave
+another stacked layer (the local decoder's cross-attention before each block).
 """
 
 from __future__ import annotations
