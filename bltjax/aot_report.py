@@ -210,7 +210,8 @@ def build_report(cfg, topo, devices, mesh, compiled, parts: dict, compile_s: flo
     # HLO (every top-level op streams its operands and result once, times the trip counts).
     hbm_bw = chip.hbm_bytes_per_s / per_chip if chip else None
     ici_bw = chip.ici_bytes_per_s / per_chip if chip and chip.ici_bytes_per_s else None
-    est = roofline(max(xla_flops, hlo_flops, model_dev or 0.0), traffic, coll.total_bytes, peak, hbm_bw, ici_bw, model_dev)
+    flops = max(xla_flops, hlo_flops, model_dev or 0.0)
+    est = roofline(flops, traffic, coll.total_bytes, peak, hbm_bw, ici_bw, model_dev)
     return {
         "config": cfg.name, "mode": mode, "topology": topo.describe(), "devices": n_dev,
         "device_kind": getattr(devices[0], "device_kind", "?"), "chip_source": chip.source if chip else None,

@@ -355,7 +355,7 @@ ENTRY %main (a: bf16[4096,512], b: bf16[512,1024], c: f32[8,64,32]) -> bf16[4096
   %a = bf16[4096,512]{1,0} parameter(0)
   %b = bf16[512,1024]{1,0} parameter(1)
   %c = f32[8,64,32]{2,1,0} parameter(2)
-  %d = f32[8,64,64]{2,1,0} dot(%c, %c), lhs_batch_dims={0}, lhs_contracting_dims={2}, rhs_batch_dims={0}, rhs_contracting_dims={2}
+  %d = f32[8,64,64]{2,1,0} dot(%c, %c), lhs_batch_dims={0}, lhs_contracting_dims={2}, rhs_contracting_dims={2}
   ROOT %f = bf16[4096,1024]{1,0} fusion(%a, %b), kind=kOutput, calls=%fused
 }
 """
