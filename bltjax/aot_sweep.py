@@ -59,6 +59,18 @@ def parse_grid(items: Sequence[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
 
 
+def _die_with_parent() -> None:
+    """Worker initializer (Linux): the kernel ends a worker whose sweep process is gone, so a killed
+    sweep leaves no compile running (each holds gigabytes of RAM and the CPU for minutes)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: workers end when their current compile does
+        pass
+
+
 def run_point(argv: list[str], point: list[str]) -> dict:
     """Worker: compile one point; a dict with ``status`` "fits" / "no fit" / "error" and the report."""
     args = aot.build_parser().parse_args(argv)
@@ -192,7 +204,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bar = _progress(len(points))
     ctx = multiprocessing.get_context("spawn")
     t0 = time.perf_counter()
-    with cf.ProcessPoolExecutor(max_workers=max(1, args.workers), mp_context=ctx) as pool:
+    with cf.ProcessPoolExecutor(max_workers=max(1, args.workers), mp_context=ctx,
+                                initializer=_die_with_parent) as pool:
         futures = {pool.submit(run_point, worker_argv, pt): i for i, pt in enumerate(points)}
         for fut in cf.as_completed(futures):
             i = futures[fut]

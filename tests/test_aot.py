@@ -6,6 +6,10 @@ experiment; one test compiles for a real TPU topology (``v5p-8``, 4 chips) from 
 
 import json
 import math
+import pathlib
+import subprocess
+import sys
+import time
 
 import pytest
 from conftest import REPO
@@ -164,6 +168,35 @@ def test_sweep_outputs_are_rewritten_after_every_point(tmp_path):
     assert "1 of 3 points in 0.2 minutes" in (tmp_path / "sweep.md").read_text()
     assert (tmp_path / "sweep.png").exists()
     assert aot_sweep.short_label("model.remat=full, global_batch_size=8") == "remat=full\nglobal_batch_size=8"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_a_killed_sweep_leaves_no_compile_running(tmp_path):
+    from helpers.subprocess_env import env_with_devices
+
+    proc = subprocess.Popen([sys.executable, "-m", "bltjax.aot", "sweep", "--config", TINY, "--topology", "cpu:8",
+                             "--grid", "global_batch_size=8,16", "--out", str(tmp_path), "--workers", "1"],
+                            env=env_with_devices(8), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[str] = []
+    deadline = time.monotonic() + 120
+    while not children and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        children = [c for c in found if "spawn_main" in pathlib.Path(f"/proc/{c}/cmdline").read_text(errors="ignore")]
+    assert children, "no worker process started"
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(pathlib.Path(f"/proc/{c}").exists() and "Z" not in _state(c) for c in children):
+        assert time.monotonic() < deadline, "a sweep worker outlived its sweep"
+        time.sleep(0.2)
+
+
+def _state(pid: str) -> str:
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return "Z"
 
 
 def test_grid_parsing():
