@@ -150,12 +150,18 @@ def topology_devices(topo: Topology) -> list[Any]:
             raise ValueError(f"--topology cpu:{n} needs {n} CPU devices, this process has {len(devices)} "
                              f"(set XLA_FLAGS=--xla_force_host_platform_device_count={n} before starting)")
         return devices[:n]
+    import glob
     import os
 
     from jax.experimental import topologies
 
     # compiling touches no chip: let several compiles (sweep workers, other users) load libtpu at once
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    if not glob.glob("/dev/accel*") and not glob.glob("/dev/vfio/[0-9]*"):
+        # a host without TPU chips: name a local "runtime" so that loading libtpu does not print a page
+        # of errors about the missing TPU metadata (the topology compiled for is given separately)
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+        os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")
     try:
         desc = topologies.get_topology_desc(topology_name=topo.topology_name, platform="tpu",
                                             num_slices=topo.num_slices)
