@@ -59,7 +59,7 @@ def parse_grid(items: Sequence[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent_pid: int) -> None:
     """Worker initializer (Linux): the kernel ends a worker whose sweep process is gone, so a killed
     sweep leaves no compile running (each holds gigabytes of RAM and the CPU for minutes)."""
     try:
@@ -68,7 +68,9 @@ def _die_with_parent() -> None:
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: workers end when their current compile does
-        pass
+        return
+    if os.getppid() != parent_pid:  # the sweep died while this worker was starting
+        os._exit(1)
 
 
 def run_point(argv: list[str], point: list[str]) -> dict:
@@ -205,7 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ctx = multiprocessing.get_context("spawn")
     t0 = time.perf_counter()
     with cf.ProcessPoolExecutor(max_workers=max(1, args.workers), mp_context=ctx,
-                                initializer=_die_with_parent) as pool:
+                                initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(run_point, worker_argv, pt): i for i, pt in enumerate(points)}
         for fut in cf.as_completed(futures):
             i = futures[fut]
