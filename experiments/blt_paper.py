@@ -14,7 +14,8 @@ Launch on TPU v5p-128 (one slice):
     python -m bltjax.train --config experiments/blt_paper.py:1b --distributed --workdir gs://bucket/runs/blt_1b
 
 Expected memory fit (compiled for each size's slice from a CPU machine with ``python -m bltjax.aot``, figures
-in docs/tpu.md): 400M on v5e-64, 1B on v5p-128, 2B on v5p-256, 4B on v5p-512, 8B on 2 x v5p-512.
+in docs/tpu.md): 400M on v5e-64, 1B on v5p-128, 2B on v5p-256, 4B on v5p-512, 8B on 2 x v5p-512 or on a
+v5p-256.  ``rows_per_device`` fixes the rows per chip; the micro-batches follow from the slice.
 Training speed is unmeasured here (no accelerator); see bltjax/configs/paper.py for what to watch.
 """
 
