@@ -218,11 +218,12 @@ def _operands(ins: Instr) -> list[str]:
 
 
 _IN_PLACE = {"dynamic-update-slice": 1, "scatter": 2}  # op: index of the operand holding the update
+_PARTIAL_READS = ("slice", "dynamic-slice", "gather")  # read only what they return of their first operand
 
 
 class _Fusions:
     """HBM bytes of fusions, from a look inside their computations (nested fusions included): an operand
-    the fusion only ``dynamic-slice``s is read for the slices only, and a result built by an in-place
+    the fusion only slices (or gathers from) is read for the slices only, and a result built by an in-place
     ``dynamic-update-slice`` (a scan writing one layer into a stacked buffer) writes the update only."""
 
     def __init__(self, comps: dict[str, list[Instr]], roots: dict[str, str], sizes: dict[str, float]) -> None:
@@ -248,7 +249,7 @@ class _Fusions:
         total = 0.0
         for u in self.users[comp].get(name, []):
             ops = _operands(u)
-            if u.op in ("dynamic-slice", "gather") and ops[0] == name:  # reads the slices / rows it takes
+            if u.op in _PARTIAL_READS and ops[0] == name:  # reads the slice / rows it takes
                 total += self.sizes.get(u.name, 0.0)
             elif u.op == "bitcast" and depth < 16:
                 total += self.read(comp, u.name, full, depth + 1)
@@ -311,7 +312,7 @@ def hbm_traffic(text: str, loops: bool = True) -> float:
             ops = _operands(ins)
             if ins.op == "fusion":
                 total += m * fusions.traffic(ins)
-            elif ins.op in ("dynamic-slice", "gather"):  # the slices / rows taken, and the indices
+            elif ins.op in _PARTIAL_READS:  # the slice / rows taken, and the indices
                 total += m * (2 * sizes[ins.name] + sum(sizes.get(n, 0.0) for n in ops[1:]))
             elif ins.op in _IN_PLACE and len(ops) > _IN_PLACE[ins.op]:  # the update, read and written
                 total += m * (2 * sizes.get(ops[_IN_PLACE[ins.op]], 0.0) + sum(sizes.get(n, 0.0) for n in ops[1:]))

@@ -394,3 +394,21 @@ ENTRY %main (a: bf16[4096,512], b: bf16[512,1024], c: f32[8,64,32]) -> bf16[4096
 """
     assert hlo_stats.matmul_flops(text) == 2 * 4096 * 1024 * 512 + 2 * 8 * 64 * 64 * 32
     assert hlo_stats.matmul_flops(SCAN_HLO) == 10 * 2 * 8 * 128 * 128  # the scanned matmul, ten times
+
+
+def test_hbm_traffic_of_a_static_slice_is_the_slice():
+    """An unrolled layer loop takes layer i of a stacked weight with a static ``slice``: one layer is read."""
+    text = """HloModule m
+
+%take (param_0.1: f32[25,128,128]) -> f32[128,128] {
+  %param_0.1 = f32[25,128,128]{2,1,0:T(8,128)} parameter(0)
+  %s = f32[1,128,128]{2,1,0:T(8,128)} slice(%param_0.1), slice={[22:23], [0:128], [0:128]}
+  ROOT %b = f32[128,128]{1,0:T(8,128)} bitcast(%s)
+}
+
+ENTRY %main (w: f32[25,128,128]) -> f32[128,128] {
+  %w = f32[25,128,128]{2,1,0:T(8,128)} parameter(0)
+  ROOT %f = f32[128,128]{1,0:T(8,128)} fusion(%w), kind=kLoop, calls=%take
+}
+"""
+    assert hlo_stats.hbm_traffic(text) == 2 * 128 * 128 * 4  # one layer read, one written
