@@ -21,7 +21,7 @@ DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1,
                "c128": 16, "token": 0}
 
 _HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*(\(.*)?\{\s*$")
-_INSTR = re.compile(r"^\s+(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s([a-z][a-z0-9\-]*)\((.*)$")
+_INSTR = re.compile(r"^\s+(ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s([a-z][a-z0-9\-]*)\((.*)$")
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
 _REFS = re.compile(r"\b(condition|body|calls|to_apply|true_computation|false_computation)=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
@@ -47,6 +47,7 @@ class Instr:
     shape: str
     op: str
     rest: str
+    root: bool = False  # the computation's ROOT instruction
 
 
 def parse_module(text: str) -> tuple[dict[str, list[Instr]], str]:
@@ -68,7 +69,7 @@ def parse_module(text: str) -> tuple[dict[str, list[Instr]], str]:
             continue
         m = _INSTR.match(line)
         if m:
-            comps[current].append(Instr(m.group(1), m.group(2), m.group(3), m.group(4)))
+            comps[current].append(Instr(m.group(2), m.group(3), m.group(4), m.group(5), bool(m.group(1))))
     return comps, entry
 
 
@@ -226,8 +227,8 @@ class _Fusions:
     the fusion only slices (or gathers from) is read for the slices only, and a result built by an in-place
     ``dynamic-update-slice`` (a scan writing one layer into a stacked buffer) writes the update only."""
 
-    def __init__(self, comps: dict[str, list[Instr]], roots: dict[str, str], sizes: dict[str, float]) -> None:
-        self.comps, self.roots, self.sizes = comps, roots, sizes
+    def __init__(self, comps: dict[str, list[Instr]], sizes: dict[str, float]) -> None:
+        self.comps, self.sizes = comps, sizes
         self.users: dict[str, dict[str, list[Instr]]] = {}
         self.params: dict[str, dict[int, str]] = {}
 
@@ -267,7 +268,7 @@ class _Fusions:
     def outputs(self, comp: str) -> dict[str, Instr]:
         """The instructions a fusion writes out: its ROOT, or the elements of a ROOT tuple."""
         by_name = {i.name: i for i in self.comps.get(comp, [])}
-        root = by_name.get(self.roots.get(comp, ""))
+        root = next((i for i in self.comps.get(comp, []) if i.root), None)
         if root is None:
             return {}
         names = _operands(root) if root.op == "tuple" else [root.name]
@@ -302,7 +303,7 @@ def hbm_traffic(text: str, loops: bool = True) -> float:
     comps, entry = parse_module(text)
     mult = multipliers(comps, entry) if loops else {}
     sizes = {ins.name: hbm_bytes(ins.shape) for instrs in comps.values() for ins in instrs}
-    fusions = _Fusions(comps, _root_names(text), sizes)
+    fusions = _Fusions(comps, sizes)
     total = 0.0
     for comp in _control_computations(comps, entry):
         m = mult.get(comp, 1)
@@ -319,21 +320,6 @@ def hbm_traffic(text: str, loops: bool = True) -> float:
             else:
                 total += m * (sizes[ins.name] + sum(sizes.get(n, 0.0) for n in ops))
     return total
-
-
-def _root_names(text: str) -> dict[str, str]:
-    """``{computation: name of its ROOT instruction}``."""
-    roots: dict[str, str] = {}
-    current = None
-    for line in text.splitlines():
-        if not line.startswith((" ", "\t")):
-            m = _HEADER.match(line)
-            current = m.group(2) if m else None
-        elif current and line.lstrip().startswith("ROOT "):
-            m = _INSTR.match(line)
-            if m:
-                roots[current] = m.group(1)
-    return roots
 
 
 # ---------------------------------------------------------------------------------------------- matmul FLOPs
