@@ -117,7 +117,9 @@ def describe(cfg, mesh, abstract_state, start_step: int, workdir: pathlib.Path, 
         f"  model: {what} | precision {cfg.precision} | remat {cfg.model.remat}",
         f"  data: {cfg.data.source}{' ' + cfg.data.path if cfg.data.path else ''} "
         f"({train_tok / 1e6:.2f}M train tokens{not_utf8}) | seq_len "
-        f"{cfg.seq_len} x batch {cfg.global_batch_size} = {cfg.bytes_per_step} bytes/step | {cfg.steps} steps",
+        f"{cfg.seq_len} x batch {cfg.global_batch_size} = {cfg.bytes_per_step} bytes/step"
+        f"{f' in {cfg.optim.grad_accum_steps} micro-batches' if cfg.optim.grad_accum_steps > 1 else ''} | "
+        f"{cfg.steps} steps",
         f"  mesh: {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
         f"{jax.process_count()} process(es) | {flops_per_byte / 1e6:.2f} MFLOPs/byte (train)",
         f"  {'resuming from step ' + str(start_step) if start_step else 'starting from scratch'}; "
